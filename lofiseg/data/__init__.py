@@ -1,0 +1,1 @@
+"""Data sets: the on-disk format, the synthetic default, sources, noise models."""

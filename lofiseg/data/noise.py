@@ -1,0 +1,98 @@
+"""Low-fidelity labels: the papers' region-label flips, plus boundary and dropped-region noise.
+
+CAS paper Sec. 5.1 / Appendix C: for each image, with probability p, the region labels are permuted
+(foreground <-> background for a binary mask); segment geometry is never changed. Each image draws one
+uniform number u from its own stream, and is flipped when u < p, so the images flipped at a lower rate are a
+subset of those flipped at a higher rate: the noisy copies differ only by the rate.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from lofiseg.data.format import IGNORE
+
+
+@dataclass(frozen=True)
+class NoiseResult:
+    mask: np.ndarray
+    flipped: bool
+    permutation: dict[int, int]  # old label -> new label (empty when not flipped)
+    dropped: tuple[int, ...]  # labels set to ignore
+
+
+def sample_rng(seed: int, sample_id: str) -> np.random.Generator:
+    """An independent, order-free stream per sample: the same id always draws the same numbers."""
+    return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(sample_id.encode())]))
+
+
+def permute_labels(mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict[int, int]]:
+    """Relabel the regions of ``mask`` by a random permutation other than the identity (255 stays).
+
+    A binary mask is flipped 0 <-> 1; a mask with one region (e.g. all background) is returned unchanged.
+    """
+    labels = np.unique(mask[mask != IGNORE])
+    if labels.size == 1 and labels[0] in (0, 1):
+        labels = np.array([0, 1], dtype=mask.dtype)  # binary: flipping an empty mask gives a full one
+    if labels.size < 2:
+        return mask.copy(), {}
+    order = rng.permutation(labels.size)
+    while np.array_equal(order, np.arange(labels.size)):
+        order = rng.permutation(labels.size)
+    lut = np.arange(256, dtype=np.uint8)
+    lut[labels] = labels[order]
+    return lut[mask], {int(a): int(b) for a, b in zip(labels, labels[order], strict=True)}
+
+
+def shift_boundaries(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """Dilate (pixels > 0) or erode (pixels < 0) every non-background region by ``|pixels|``.
+
+    Dilation gives each background pixel within the distance the label of its nearest region; erosion turns
+    region pixels within the distance of a different label into background. Ignore pixels are kept.
+    """
+    if pixels == 0:
+        return mask.copy()
+    out = mask.copy()
+    labelled = (mask != 0) & (mask != IGNORE)
+    if pixels > 0:
+        if not labelled.any():
+            return out
+        dist, (iy, ix) = ndimage.distance_transform_edt(~labelled, return_indices=True)
+        grow = (mask == 0) & (dist <= pixels)
+        out[grow] = mask[iy[grow], ix[grow]]
+    else:
+        size = 2 * (-pixels) + 1
+        valid = np.where(mask == IGNORE, 0, mask)
+        differs = ndimage.maximum_filter(valid, size=size) != ndimage.minimum_filter(valid, size=size)
+        out[differs & labelled] = 0
+    return out
+
+
+def drop_regions(mask: np.ndarray, prob: float, rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Set each non-background region to ignore with probability ``prob``."""
+    labels = np.unique(mask[(mask != IGNORE) & (mask != 0)])
+    dropped = labels[rng.random(labels.size) < prob]
+    out = mask.copy()
+    out[np.isin(mask, dropped)] = IGNORE
+    return out, tuple(int(v) for v in dropped)
+
+
+def corrupt(mask: np.ndarray, rate: float, rng: np.random.Generator, boundary_px: int = 0,
+            drop_region_prob: float = 0.0) -> NoiseResult:
+    """Apply the noise models in a fixed order: flip with probability ``rate``, boundaries, dropped regions.
+
+    The flip decision is the first draw of ``rng``, so it depends only on the sample's stream and the rate.
+    """
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"rate must be in [0, 1], got {rate}")
+    flip = bool(rng.random() < rate)
+    noisy, perm = permute_labels(mask, rng) if flip else (mask.copy(), {})
+    noisy = shift_boundaries(noisy, boundary_px)
+    dropped: tuple[int, ...] = ()
+    if drop_region_prob > 0:
+        noisy, dropped = drop_regions(noisy, drop_region_prob, rng)
+    return NoiseResult(noisy, flip and bool(perm), perm, dropped)

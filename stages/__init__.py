@@ -1,0 +1,7 @@
+"""One module per DVC stage, each runnable as ``python -m stages.<name>``."""
+
+import os
+
+# Nothing in a stage may wait on a network it cannot reach: telemetry and hub look-ups off.
+for _key, _value in (("DO_NOT_TRACK", "1"), ("MLFLOW_DISABLE_TELEMETRY", "true"), ("HF_HUB_OFFLINE", "1")):
+    os.environ.setdefault(_key, _value)

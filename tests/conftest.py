@@ -1,0 +1,13 @@
+"""Test-wide settings: offline, no telemetry, small thread pools on a 2-core machine."""
+
+from __future__ import annotations
+
+import os
+
+for _key, _value in (("DO_NOT_TRACK", "1"), ("MLFLOW_DISABLE_TELEMETRY", "true"), ("HF_HUB_OFFLINE", "1"),
+                     ("PREFECT_SERVER_ANALYTICS_ENABLED", "false")):
+    os.environ.setdefault(_key, _value)
+
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
