@@ -1,0 +1,100 @@
+"""The training loop resumes from its checkpoint to exactly the weights of an uninterrupted run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lofiseg.data.loading import TensorSplit, iterate_batches, random_blur, random_flip, random_rescale
+from lofiseg.training import Trainer, epoch_generator, load_checkpoint, resolve_device, seed_everything
+
+
+def _split() -> TensorSplit:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (12, 3, 16, 16), generator=g, dtype=torch.uint8)
+    masks = (images[:, 0] > 128).to(torch.uint8)
+    return TensorSplit(images, masks, [f"i{i}" for i in range(12)], [()] * 12)
+
+
+def _model() -> torch.nn.Module:
+    # Dropout draws from the global RNG: resuming must restore it too.
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Dropout2d(0.3),
+                               torch.nn.Conv2d(8, 2, 1))
+
+
+def _step(model, batch, epoch):
+    return F.cross_entropy(model(batch["image"]), batch["mask"], ignore_index=255)
+
+
+def _trainer(tmp_path, split) -> tuple[Trainer, callable]:
+    seed_everything(3)
+    model = _model()
+    trainer = Trainer(model, torch.optim.Adam(model.parameters(), 1e-2), _step, tmp_path / "ckpt.pt")
+
+    def batches(epoch):
+        return iterate_batches(split, 4, epoch_generator(3, epoch), shuffle=True,
+                               augment=[random_flip, random_blur, random_rescale])
+    return trainer, batches
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+    split = _split()
+    straight, batches = _trainer(tmp_path / "a", split)
+    straight.fit(batches, epochs=4)
+
+    first, batches = _trainer(tmp_path / "b", split)
+    first.fit(batches, epochs=2)  # "killed" after epoch 2
+    torch.manual_seed(12345)  # a new process: the global RNG is elsewhere
+    resumed, batches = _trainer(tmp_path / "b", split)
+    assert resumed.resume() and resumed.start_epoch == 2
+    history = resumed.fit(batches, epochs=4)
+
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3]
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert [h["train_loss"] for h in history] == [h["train_loss"] for h in straight.history]
+
+
+def test_checkpoint_holds_meta_and_unreadable_checkpoint_is_an_error(tmp_path):
+    split = _split()
+    trainer, batches = _trainer(tmp_path, split)
+    trainer.meta["run_id"] = "abc"
+    trainer.fit(batches, epochs=1)
+    state = load_checkpoint(tmp_path / "ckpt.pt")
+    assert state["epoch"] == 0 and state["meta"] == {"run_id": "abc"}
+    (tmp_path / "ckpt.pt").write_bytes(b"garbage")
+    with pytest.raises(RuntimeError, match="ckpt.pt: checkpoint is unreadable"):
+        load_checkpoint(tmp_path / "ckpt.pt")
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
+    split = _split()
+    trainer, batches = _trainer(tmp_path, split)
+    trainer.step_fn = lambda model, batch, epoch: model(batch["image"]).sum() * float("nan")
+    with pytest.raises(FloatingPointError, match="loss is nan at epoch 1"):
+        trainer.fit(batches, epochs=1)
+
+
+def test_augmentations_keep_image_and_mask_aligned():
+    g = torch.Generator().manual_seed(0)
+    image = torch.zeros(4, 3, 16, 16)
+    image[:, :, :, :4] = 1.0
+    batch = {"image": image, "mask": (image[:, 0] > 0.5).long()}
+    for aug in (random_flip, random_rescale):
+        out = aug(batch, g)
+        valid = out["mask"] != 255
+        agree = ((out["image"][:, 0] > 0.5) == (out["mask"] == 1))[valid].float().mean()
+        assert agree > 0.97  # bilinear image vs nearest mask may differ on the one-pixel edge only
+
+
+def test_resolve_device(monkeypatch):
+    monkeypatch.delenv("LOFISEG_DEVICE", raising=False)
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setenv("LOFISEG_DEVICE", "cpu")
+    assert resolve_device("cuda").type == "cpu"
+    if not torch.cuda.is_available():
+        monkeypatch.delenv("LOFISEG_DEVICE")
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
