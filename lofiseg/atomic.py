@@ -49,7 +49,8 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path to write (by any library); it replaces ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_sibling(path, "tmp").with_suffix(path.suffix)
+    tmp = _temp_sibling(path, "tmp")
+    tmp = tmp.with_name(tmp.name + path.suffix)  # keep the suffix: some writers choose the format by it
     try:
         yield tmp
         os.replace(tmp, path)

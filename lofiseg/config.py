@@ -117,6 +117,10 @@ class DatasetSpec(StrictModel):
             for spec in self.files:
                 if prefix and not spec.uri.startswith(prefix):
                     raise ValueError(f"source {self.source!r}: uri {spec.uri!r} must start with {prefix}")
+                if self.source == "local" and "://" in spec.uri:
+                    raise ValueError(f"source 'local': uri {spec.uri!r} must be a path, not a URL")
+        if self.layout in ("voc", "pet", "bsds") and (self.images or self.masks):
+            raise ValueError(f"layout {self.layout!r} finds its own files: remove 'images' and 'masks'")
         return self
 
 

@@ -8,12 +8,16 @@ import sys
 from collections.abc import Callable, Sequence
 
 from lofiseg.config import ParamsError
+from lofiseg.data.archives import ArchiveError
 from lofiseg.data.format import DatasetFormatError
+from lofiseg.data.sources import SourceError
 
 log = logging.getLogger("lofiseg")
 
 # Errors a user can fix from the message alone: reported in one block, no traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ParamsError, DatasetFormatError, FileNotFoundError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ParamsError, DatasetFormatError, SourceError, ArchiveError, FileNotFoundError,
+)
 
 
 def stage_parser(description: str) -> argparse.ArgumentParser:
