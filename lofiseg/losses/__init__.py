@@ -1,0 +1,112 @@
+"""The papers' losses: CE, class-agnostic CE and CAS (Sharma et al.), regularized losses (Veksler).
+
+All losses take logits ``(B, M, H, W)`` and apply the softmax inside, unless their name ends in
+``_from_probs`` / ``_from_foreground``. Masks are ``(B, H, W)`` integer label maps with 255 = ignore.
+:func:`build_loss` makes the saliency-stage losses, called as ``loss(logits, mask) -> scalar``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from lofiseg.losses.cas import DEFAULT_ALPHA, CASLoss, CASTerms, cas_loss, cas_loss_from_probs, cas_terms
+from lofiseg.losses.ce import (
+    IGNORE_INDEX,
+    ClassAgnosticCrossEntropyLoss,
+    CrossEntropyLoss,
+    at_least_float32,
+    check_logits,
+    check_mask,
+    check_mask_values,
+    class_agnostic_cross_entropy_loss,
+    cross_entropy_loss,
+    zero_loss,
+)
+from lofiseg.losses.dense_crf_loss import (
+    DenseCRFLoss,
+    dense_crf_loss,
+    dense_crf_loss_from_foreground,
+    dense_crf_weights,
+)
+from lofiseg.losses.regularized import (
+    DEFAULT_SIGMA,
+    FOREGROUND_CHANNEL,
+    CompleteRegularizedLoss,
+    NegativeLoss,
+    PositionalLoss,
+    RegularizedLossSchedule,
+    RegularizedLossTerms,
+    SparseCRFLoss,
+    StageParams,
+    VolumetricLoss,
+    complete_regularized_loss,
+    complete_regularized_terms,
+    edge_weights,
+    foreground_probability,
+    negative_loss,
+    positional_loss,
+    sigma_schedule,
+    sparse_crf_loss,
+    sparse_crf_loss_from_foreground,
+    volumetric_loss,
+)
+
+_SALIENCY_LOSSES: dict[str, type[nn.Module]] = {
+    "ce": CrossEntropyLoss,
+    "cace": ClassAgnosticCrossEntropyLoss,
+    "cas": CASLoss,
+}
+
+
+def build_loss(name: str, **kwargs: Any) -> nn.Module:
+    """Saliency-stage loss by name: ``"ce"``, ``"cace"`` or ``"cas"``; ``kwargs`` go to its constructor."""
+    if not isinstance(name, str) or name.lower() not in _SALIENCY_LOSSES:
+        raise ValueError(f"name must be one of {sorted(_SALIENCY_LOSSES)}, got {name!r}")
+    return _SALIENCY_LOSSES[name.lower()](**kwargs)
+
+
+__all__ = [
+    "DEFAULT_ALPHA",
+    "DEFAULT_SIGMA",
+    "FOREGROUND_CHANNEL",
+    "IGNORE_INDEX",
+    "CASLoss",
+    "CASTerms",
+    "ClassAgnosticCrossEntropyLoss",
+    "CompleteRegularizedLoss",
+    "CrossEntropyLoss",
+    "DenseCRFLoss",
+    "NegativeLoss",
+    "PositionalLoss",
+    "RegularizedLossSchedule",
+    "RegularizedLossTerms",
+    "SparseCRFLoss",
+    "StageParams",
+    "VolumetricLoss",
+    "at_least_float32",
+    "build_loss",
+    "cas_loss",
+    "cas_loss_from_probs",
+    "cas_terms",
+    "check_logits",
+    "check_mask",
+    "check_mask_values",
+    "class_agnostic_cross_entropy_loss",
+    "complete_regularized_loss",
+    "complete_regularized_terms",
+    "cross_entropy_loss",
+    "dense_crf_loss",
+    "dense_crf_loss_from_foreground",
+    "dense_crf_weights",
+    "edge_weights",
+    "foreground_probability",
+    "negative_loss",
+    "positional_loss",
+    "sigma_schedule",
+    "sparse_crf_loss",
+    "sparse_crf_loss_from_foreground",
+    "volumetric_loss",
+    "zero_loss",
+]
