@@ -170,6 +170,61 @@ class NoiseParams(StrictModel):
         return value
 
 
+# --- models, tracking, training -------------------------------------------------------------------------
+
+class ModelParams(StrictModel):
+    """Arguments of :func:`lofiseg.models.build_model` (num_classes comes from the stage)."""
+
+    arch: str = "tiny_unet"
+    encoder: str | None = None
+    encoder_weights: str | None = None  # null | imagenet | lite0-imagenet | path to a state dict
+    freeze_encoder: bool = False
+    normalize_input: bool = True
+    width: Annotated[int, Field(ge=4, le=256)] = 16  # tiny_unet only
+    encoder_depth: Annotated[int, Field(ge=3, le=5)] = 5  # smp architectures only
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, value: str) -> str:
+        from lofiseg.models import list_architectures
+
+        if value not in list_architectures():
+            raise ValueError(f"arch must be one of {list_architectures()}, got {value!r}")
+        return value
+
+
+class TrackingParams(StrictModel):
+    enabled: bool = True
+    required: bool = True  # store unreachable: fail fast (true) or train without tracking and say so (false)
+    experiment_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "lofiseg"
+
+
+class TrainSaliencyParams(StrictModel):
+    losses: list[Literal["ce", "cace", "cas"]] = Field(default_factory=lambda: ["ce", "cace", "cas"], min_length=1)
+    image_size: Annotated[int, Field(ge=16, le=1024)] = 64
+    epochs: PositiveInt = 8
+    batch_size: PositiveInt = 16
+    lr: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-3
+    alpha: Probability = 0.1  # CAS Eq. 1
+    flip: bool = True  # random horizontal flips
+    model: ModelParams = ModelParams()
+    device: str = "auto"  # auto | cpu | cuda | cuda:N; the LOFISEG_DEVICE env var overrides
+    amp: bool = True  # mixed precision on cuda
+
+    @field_validator("losses")
+    @classmethod
+    def _unique_losses(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"losses must be unique, got {value}")
+        return value
+
+
+class EvaluateParams(StrictModel):
+    saliency_sets: list[str] = Field(default_factory=lambda: ["saliency"])  # data sets with a test split
+    batch_size: PositiveInt = 32
+    grid_samples: Annotated[int, Field(ge=1, le=32)] = 6
+
+
 # --- the whole file ---------------------------------------------------------------------------------------
 
 class Params(StrictModel):
@@ -177,12 +232,18 @@ class Params(StrictModel):
     synthetic: SyntheticParams = SyntheticParams()
     download: DownloadParams
     noise: NoiseParams = NoiseParams()
+    tracking: TrackingParams = TrackingParams()
+    train_saliency: TrainSaliencyParams = TrainSaliencyParams()
+    evaluate: EvaluateParams = EvaluateParams()
 
     @model_validator(mode="after")
     def _cross_refs(self) -> Params:
-        if self.noise.dataset not in self.download.enabled():
-            raise ValueError(f"noise.dataset {self.noise.dataset!r} is not an enabled data set in "
-                             f"download.datasets; enabled: {sorted(self.download.enabled())}")
+        enabled = self.download.enabled()
+        for key, name in [("noise.dataset", self.noise.dataset)] + [
+                (f"evaluate.saliency_sets[{i}]", n) for i, n in enumerate(self.evaluate.saliency_sets)]:
+            if name not in enabled:
+                raise ValueError(f"{key} {name!r} is not an enabled data set in download.datasets; "
+                                 f"enabled: {sorted(enabled)}")
         return self
 
 

@@ -11,12 +11,13 @@ from lofiseg.config import ParamsError
 from lofiseg.data.archives import ArchiveError
 from lofiseg.data.format import DatasetFormatError
 from lofiseg.data.sources import SourceError
+from lofiseg.tracking import TrackingUnavailable
 
 log = logging.getLogger("lofiseg")
 
 # Errors a user can fix from the message alone: reported in one block, no traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    ParamsError, DatasetFormatError, SourceError, ArchiveError, FileNotFoundError,
+    ParamsError, DatasetFormatError, SourceError, ArchiveError, TrackingUnavailable, FileNotFoundError,
 )
 
 

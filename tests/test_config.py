@@ -45,7 +45,7 @@ def test_unknown_nested_key_inside_dict_of_sections():
 
 
 def test_unknown_top_level_section():
-    with pytest.raises(ParamsError, match=r"trian: unknown key; allowed keys: download, noise, seed"):
+    with pytest.raises(ParamsError, match=r"trian: unknown key; allowed keys: download, evaluate, noise, seed, synthetic, tracking, train_saliency"):
         parse_params(_params(trian={}))
 
 

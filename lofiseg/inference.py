@@ -1,0 +1,35 @@
+"""Batched prediction over an in-memory split, and the saliency map of a trained model."""
+
+from __future__ import annotations
+
+import torch
+
+from lofiseg.data.loading import TensorSplit, iterate_batches
+from lofiseg.models import choose_foreground_channel
+
+
+@torch.no_grad()
+def predict_probs(model: torch.nn.Module, split: TensorSplit, batch_size: int = 32,
+                  device: torch.device | str = "cpu") -> torch.Tensor:
+    """Softmax probabilities (N, M, S, S) of ``model`` on every image of ``split``, on the CPU."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for batch in iterate_batches(split, batch_size):
+        out.append(model(batch["image"].to(device)).float().softmax(dim=1).cpu())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def saliency_channel(loss: str, probs: torch.Tensor, masks: torch.Tensor | None) -> int:
+    """Which output channel is the saliency map.
+
+    CE is supervised with foreground = label 1, so it is channel 1. The class-agnostic losses (CAS, CACE)
+    learn regions, not classes: the channel is the one that correlates best with ground truth on the
+    validation split (CAS paper Sec. 4.2).
+    """
+    if loss == "ce":
+        return 1
+    if masks is None:
+        raise ValueError(f"loss {loss!r} needs validation masks to choose the saliency channel")
+    return choose_foreground_channel(probs, masks)

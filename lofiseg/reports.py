@@ -1,0 +1,59 @@
+"""Figures and tables people would rather look at than read: training curves, comparison tables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from lofiseg.atomic import atomic_file  # noqa: E402
+
+
+def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    return path
+
+
+def curves_figure(history: Sequence[Mapping[str, float]], keys: Sequence[str], title: str) -> Figure:
+    """One panel per metric key over epochs (1-based on the x axis)."""
+    keys = [k for k in keys if any(k in h for h in history)]
+    fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(3.2 * max(len(keys), 1), 2.6), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=False):
+        points = [(h["epoch"] + 1, h[key]) for h in history if key in h]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3)
+        ax.set_xlabel("epoch")
+        ax.set_title(key, fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def lines_figure(series: Mapping[str, Sequence[tuple[float, float]]], xlabel: str, ylabel: str,
+                 title: str) -> Figure:
+    """One line per named series of (x, y) points, e.g. F-beta against noise rate per loss."""
+    fig, ax = plt.subplots(figsize=(4.2, 3.0))
+    for name, points in series.items():
+        points = sorted(points)
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"

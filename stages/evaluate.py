@@ -1,0 +1,152 @@
+"""DVC stage `evaluate`: every trained model on held-out sets with ground truth.
+
+Saliency part: each (loss, noise rate) model on the clean test split of every set in
+``evaluate.saliency_sets``: MAE, F-beta at T = 2 mean(S), max-F and weighted F-beta. Writes the metrics JSON
+for DVC, a plots folder for ``dvc plots``, static PNG plots, a markdown table shaped like the CAS paper's
+Table 3, and a qualitative grid, and logs the same files to MLflow.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lofiseg.atomic import atomic_write_json, atomic_write_text
+from lofiseg.bundle import load_bundle
+from lofiseg.config import Params, load_params, rate_key
+from lofiseg.data.format import Dataset
+from lofiseg.data.loading import load_split, to_float
+from lofiseg.metrics.saliency import SaliencyMeter
+from lofiseg.reports import lines_figure, markdown_table, save_figure
+from lofiseg.tracking import Tracker, standard_tags
+from lofiseg.viz import colorize_labels, image_grid, save_png
+from stages.common import log, run, stage_parser
+
+SALIENCY_KEYS = ("fbeta_adaptive", "fbeta_weighted", "fbeta_max", "mae")
+
+
+@torch.no_grad()
+def saliency_maps(model: torch.nn.Module, channel: int, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Saliency probability maps (N, S, S) of uint8 images (N, 3, S, S)."""
+    out = [model(to_float(images[i:i + batch_size])).softmax(1)[:, channel] for i in range(0, len(images), batch_size)]
+    return torch.cat(out)
+
+
+def score_saliency(model: torch.nn.Module, info: dict, dataset: Dataset, batch_size: int) -> dict[str, float]:
+    """Predict at the model's training size, resize each map to its ground truth's size, then score."""
+    records = dataset.split("test")
+    split = load_split(dataset, records, info["image_size"], with_masks=False, desc=f"load {dataset.root.name}")
+    maps = saliency_maps(model, info["channel"], split.images, batch_size)
+    meter = SaliencyMeter()
+    for record, pred in zip(records, maps, strict=True):
+        gt = dataset.mask(record)
+        if pred.shape != gt.shape:
+            pred = F.interpolate(pred[None, None], size=gt.shape, mode="bilinear", align_corners=False)[0, 0]
+        meter.update(pred.clamp(0, 1).numpy(), np.where(gt == 255, 255, gt > 0).astype(np.uint8))
+    scores = meter.compute()
+    return {k: float(scores[k]) for k in SALIENCY_KEYS}
+
+
+def table3(metrics: dict, losses: Sequence[str], rates: Sequence[str], eval_set: str) -> str:
+    """The CAS paper's Table 3 layout: rows noise rate, columns loss, cells F-beta / MAE."""
+    rows = [[rate] + [f"{metrics[loss][rate][eval_set]['fbeta_adaptive']:.3f} / "
+                      f"{metrics[loss][rate][eval_set]['mae']:.3f}" for loss in losses] for rate in rates]
+    return markdown_table(["noise rate"] + [f"{loss} F-beta / MAE" for loss in losses], rows)
+
+
+def noisy_label_grid(params: Params, models: dict, noisy_root: Path, count: int) -> np.ndarray:
+    """Train images of the noisiest copy (flipped ones first): image, ground truth, the noisy label it was
+    trained on, and each loss's prediction at that rate."""
+    rate = rate_key(max(params.noise.rates))
+    noisy = Dataset(noisy_root / rate)
+    clean = Dataset(noisy_root / rate_key(min(params.noise.rates)))
+    train = sorted(noisy.split("train"), key=lambda r: (r.extra.get("noise_flipped") != "1", r.id))[:count]
+    size = params.train_saliency.image_size
+    split = load_split(noisy, train, size, desc="load grid")
+    gt = load_split(clean, [clean[r.id] for r in train], size, desc="load grid gt").masks
+    preds = {loss: saliency_maps(m, info["channel"], split.images, count)
+             for loss, (m, info) in models.items() if info["noise_rate"] == float(rate)}
+    rows = [[split.images[i].permute(1, 2, 0).numpy(), colorize_labels(gt[i].numpy()),
+             colorize_labels(split.masks[i].numpy())] + [p[i].numpy() for p in preds.values()]
+            for i in range(len(split))]
+    titles = ["image", "ground truth", f"noisy label ({rate})"] + [f"{loss} @ {rate}" for loss in preds]
+    return image_grid(rows, col_titles=titles)
+
+
+def evaluate_saliency(params: Params, models_root: Path, raw: Path, noisy_root: Path, metrics_path: Path,
+                      report: Path) -> tuple[dict, list[Path]]:
+    cfg = params.evaluate
+    losses = params.train_saliency.losses
+    rates = [rate_key(r) for r in sorted(params.noise.rates)]
+    sets = {name: Dataset(raw / name) for name in cfg.saliency_sets}
+    metrics: dict = {}
+    loaded: dict = {}
+    for loss in losses:
+        for rate in rates:
+            model, info = load_bundle(models_root / loss / rate / "model.pt")
+            loaded[(loss, rate)] = (model, info)
+            for name, dataset in sets.items():
+                scores = score_saliency(model, info, dataset, cfg.batch_size)
+                metrics.setdefault(loss, {}).setdefault(rate, {})[name] = scores
+                log.info("saliency %s @ %s on %s: %s", loss, rate, name,
+                         ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    atomic_write_json(metrics_path, metrics)
+
+    files = [metrics_path]
+    tables = []
+    for name in sets:
+        rows = io.StringIO()
+        writer = csv.writer(rows)
+        writer.writerow(["noise_rate", *losses])
+        for rate in rates:
+            writer.writerow([rate, *(f"{metrics[loss][rate][name]['fbeta_adaptive']:.4f}" for loss in losses)])
+        files.append(atomic_write_text(report / "plots" / f"{name}.csv", rows.getvalue()))
+        series = {loss: [(float(r), metrics[loss][r][name]["fbeta_adaptive"]) for r in rates] for loss in losses}
+        fig = lines_figure(series, "noise rate (fraction of images with flipped labels)", "F-beta (adaptive)",
+                           f"{name}: F-beta vs label noise")
+        files.append(save_figure(fig, report / f"fbeta_vs_noise_{name}.png"))
+        tables.append(f"## {name} (test split)\n\n{table3(metrics, losses, rates, name)}")
+    files.append(atomic_write_text(report / "table3.md", "# Saliency under label noise (CAS paper Table 3 "
+                                   "layout)\n\nCells: F-beta at T = 2 mean(S) / MAE.\n\n" + "\n".join(tables)))
+    by_loss = {loss: loaded[(loss, rate)] for loss in losses for rate in rates if rate == rates[-1]}
+    grid = noisy_label_grid(params, by_loss, noisy_root, cfg.grid_samples)
+    files.append(save_png(report / "grid.png", grid))
+    return metrics, files
+
+
+def flatten(metrics: dict, prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        out.update(flatten(value, name + ".") if isinstance(value, dict) else {name: value})
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = stage_parser(__doc__.splitlines()[0])
+    parser.add_argument("--raw", type=Path, default=Path("data/raw"))
+    parser.add_argument("--noisy", type=Path, default=Path("data/noisy"))
+    parser.add_argument("--saliency-models", type=Path, default=Path("models/saliency"))
+    parser.add_argument("--metrics", type=Path, default=Path("metrics"))
+    parser.add_argument("--report", type=Path, default=Path("reports/saliency"))
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    tags = {**standard_tags(".", [str(args.raw), str(args.saliency_models)]), "lofiseg.stage": "evaluate"}
+    with Tracker(f"{params.tracking.experiment_prefix}-evaluation", "evaluate", tags=tags,
+                 enabled=params.tracking.enabled, required=params.tracking.required) as tracker:
+        metrics, files = evaluate_saliency(params, args.saliency_models, args.raw, args.noisy,
+                                           args.metrics / "saliency.json", args.report)
+        tracker.log_metrics(flatten(metrics, "saliency."), step=0)
+        for file in files:
+            tracker.log_artifact(file, "saliency" if file.parent.name != "plots" else "saliency/plots")
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))

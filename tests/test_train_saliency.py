@@ -1,0 +1,88 @@
+"""The saliency training stage: killed with SIGKILL mid-run, the same command resumes to the same model."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from lofiseg.config import SyntheticSaliency
+from lofiseg.data.format import DatasetWriter
+from lofiseg.data.synthetic import generate_saliency
+from lofiseg.training import load_checkpoint
+from stages.noise import make_noisy_copy
+from tests.pipeline_repo import PROJECT, TINY, deep_merge, tool_env
+
+pytestmark = pytest.mark.slow
+
+TRAIN = {"train_saliency": {"losses": ["cas"], "image_size": 32, "epochs": 6, "batch_size": 4,
+                            "model": {"arch": "tiny_unet", "encoder": None, "encoder_weights": None,
+                                      "freeze_encoder": False, "width": 8}}}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    with DatasetWriter(root / "raw") as writer:
+        for sample in generate_saliency(SyntheticSaliency(train=8, val=4, test=0), image_size=32, seed=0):
+            writer.add(sample)
+    make_noisy_copy(root / "raw", root / "noisy", rate=0.5, seed=0)
+    raw = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    (root / "params.yaml").write_text(yaml.safe_dump(deep_merge(deep_merge(raw, TINY), TRAIN)))
+    return root
+
+
+def _cmd(root, out, ckpt):
+    return [sys.executable, "-m", "stages.train_saliency", "--params", str(root / "params.yaml"), "--loss", "cas",
+            "--rate", "0.5", "--data", str(root / "noisy"), "--out", str(root / out), "--checkpoints", str(root / ckpt)]
+
+
+def _env(root):
+    return tool_env({"MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db", "MLFLOW_ARTIFACT_ROOT": str(root / "art"),
+                     "PYTHONPATH": str(PROJECT), "LOFISEG_DEVICE": "cpu"})
+
+
+def _run(root, out, ckpt):
+    proc = subprocess.run(_cmd(root, out, ckpt), cwd=root, env=_env(root), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_kill_minus_nine_then_resume_gives_the_same_model(workdir):
+    root = workdir
+    _run(root, "straight", "ckpt-straight")
+
+    proc = subprocess.Popen(_cmd(root, "resumed", "ckpt-resumed"), cwd=root, env=_env(root),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = root / "ckpt-resumed" / "cas-0.5.pt"
+    deadline = time.monotonic() + 300
+    while not ckpt.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    state = load_checkpoint(ckpt)
+    assert state is not None and state["epoch"] < 5, "the run must be killed mid-way"
+    assert not (root / "resumed" / "model.pt").exists()
+    run_id = state["meta"]["run_id"]
+
+    _run(root, "resumed", "ckpt-resumed")
+    straight = torch.load(root / "straight" / "model.pt", weights_only=True)
+    resumed = torch.load(root / "resumed" / "model.pt", weights_only=True)
+    for key, value in straight["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    assert resumed["info"]["mlflow_run_id"] == run_id  # the same MLflow run continued
+    assert resumed["info"]["val"] == straight["info"]["val"]
+    assert not ckpt.exists()  # finished: nothing left to resume
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
+    history = client.get_metric_history(run_id, "train_loss")
+    assert sorted(m.step for m in history) == list(range(6))  # no epoch logged twice
+    assert client.get_run(run_id).info.status == "FINISHED"
