@@ -86,3 +86,34 @@ def test_kill_minus_nine_then_resume_gives_the_same_model(workdir):
     history = client.get_metric_history(run_id, "train_loss")
     assert sorted(m.step for m in history) == list(range(6))  # no epoch logged twice
     assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_tracking_store_fails_fast_or_trains_untracked_when_allowed(workdir):
+    root = workdir
+    env = _env(root) | {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{_closed_port()}"}
+    started = time.monotonic()
+    proc = subprocess.run(_cmd(root, "untracked", "ckpt-untracked"), cwd=root, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "http://127.0.0.1:" in proc.stderr and "tracking.required: false" in proc.stderr
+    assert time.monotonic() - started < 60
+    assert not (root / "untracked").exists()  # nothing trained, nothing written
+
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["tracking"]["required"] = False
+    params["train_saliency"]["epochs"] = 1
+    (root / "optional.yaml").write_text(yaml.safe_dump(params))
+    cmd = _cmd(root, "untracked", "ckpt-untracked")
+    cmd[cmd.index("--params") + 1] = str(root / "optional.yaml")
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "training WITHOUT tracking" in proc.stderr
+    assert (root / "untracked" / "model.pt").is_file()
