@@ -1,0 +1,703 @@
+"""Per-class web image sets: collect image-level-tagged training images from several kinds of source.
+
+Each class of :class:`WebParams` names one source: the synthetic per-class web set (the default data), a
+local folder, an S3 prefix, or a manifest of image URLs (e.g. an exported web image search). The images that
+pass every check form ONE lofiseg data set, each tagged with its class name: the training data of the
+regularized-loss weak supervision from image-level tags (web images per class, Veksler's Sec. 4.3).
+
+Checks, in this order: the transfer (HTTP status, retries with exponential backoff on transient failures, a
+per-request timeout), the Content-Type (``image/*``, URLs only), the decode (``PIL.Image.load`` and RGB
+conversion), the size (both sides >= ``min_side``) and de-duplication by the sha256 of the bytes, within and
+across classes: the first occurrence in (class order in params, source order) wins. Every rejected item is
+reported with its reason.
+
+Downloads (URLs and S3) are cached as ``cache/<class>/<sha256>.<ext>`` with ``cache/<class>/index.json``
+mapping each source to its outcome, so a re-run fetches only what is missing: a source already downloaded or
+rejected for good (HTTP 4xx, not an image, corrupt) makes no request; timeouts, connection errors and 5xx
+answers are tried again. The size check and the de-duplication run on every run from the index, so changing
+``min_side`` or the class order needs no download.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+import numpy as np
+from PIL import Image
+from pydantic import Field, field_validator, model_validator
+from tqdm import tqdm
+
+from lofiseg.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from lofiseg.data.format import Dataset, DatasetWriter, encode_png, read_mask, sha256_bytes
+from lofiseg.data.sources import (
+    MAX_BACKOFF_SECONDS,
+    RETRY_HTTP_STATUS,
+    RETRY_S3_CODES,
+    USER_AGENT,
+    SourceError,
+    _s3_endpoint_description,
+)
+from lofiseg.schema import StrictModel
+
+log = logging.getLogger(__name__)
+
+CLASS_NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+INDEX_NAME = "index.json"
+MAX_IMAGE_BYTES = 64 << 20  # a larger answer is no web image: rejected without reading it all
+CHUNK_BYTES = 1 << 16
+_FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "GIF": "gif", "TIFF": "tif"}
+_KEPT_EXT = frozenset({"jpg", "png"})  # written byte for byte; other formats are re-encoded as PNG
+_sleep: Callable[[float], None] = time.sleep  # indirection so tests can record the backoff delays
+T = TypeVar("T")
+
+
+# --- params -----------------------------------------------------------------------------------------------
+
+class WebClassSource(StrictModel):
+    """Where the images of one class come from.
+
+    ``path``: the local folder, ``s3://bucket/prefix``, or the URL manifest (a text file with one URL per
+    line, or a CSV with a ``url`` column; lines starting with ``#`` are comments). None for ``synthetic``.
+    """
+
+    kind: Literal["synthetic", "local", "s3", "urls"]
+    path: Annotated[str, Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _path_for_kind(self) -> WebClassSource:
+        if self.kind == "synthetic":
+            if self.path is not None:
+                raise ValueError(f"kind 'synthetic' takes no 'path' (its images come from the synthetic web "
+                                 f"data set), got path={self.path!r}")
+            return self
+        if self.path is None:
+            what = {"local": "a folder", "s3": "s3://bucket/prefix", "urls": "a URL manifest file"}[self.kind]
+            raise ValueError(f"kind {self.kind!r} needs 'path' ({what})")
+        if self.kind == "s3" and (not self.path.startswith("s3://") or not urlsplit(self.path).netloc):
+            raise ValueError(f"kind 's3': path must be s3://bucket/prefix, got {self.path!r}")
+        if self.kind in ("local", "urls") and "://" in self.path:
+            raise ValueError(f"kind {self.kind!r}: path must be a local file system path, got {self.path!r}")
+        return self
+
+
+class WebParams(StrictModel):
+    """The ``web:`` section of params.yaml: one source per class, plus download and filter settings."""
+
+    classes: Annotated[dict[str, WebClassSource], Field(min_length=1)]
+    workers: Annotated[int, Field(ge=1, le=64)] = 8  # concurrent downloads
+    retries: Annotated[int, Field(ge=0, le=20)] = 3  # more attempts after a transient failure
+    backoff_seconds: Annotated[float, Field(ge=0.0)] = 0.5  # before retry k (1, 2, ...): backoff * 2**(k-1)
+    timeout_seconds: Annotated[float, Field(gt=0.0)] = 10.0  # connect, and each read
+    min_side: Annotated[int, Field(ge=1)] = 32  # both image sides must be at least this many pixels
+    max_images_per_class: Annotated[int, Field(ge=1)] | None = None  # first N accepted, in source order
+    val_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # of each class's train images, by sha256
+
+    @field_validator("classes")
+    @classmethod
+    def _class_names(cls, value: dict[str, WebClassSource]) -> dict[str, WebClassSource]:
+        for name in value:
+            if not re.match(CLASS_NAME_PATTERN, name):
+                raise ValueError(f"class name {name!r} must match {CLASS_NAME_PATTERN}")
+        return value
+
+
+# --- report -----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Rejection:
+    """One item left out: its class, its source (URL, S3 URI or file path) and why."""
+
+    cls: str
+    source: str
+    reason: str
+
+
+@dataclass
+class WebReport:
+    """Per class the number of accepted images, and every rejected item with its reason."""
+
+    accepted: dict[str, int] = field(default_factory=dict)
+    rejected: list[Rejection] = field(default_factory=list)
+
+    def rejected_count(self, cls: str) -> int:
+        return sum(r.cls == cls for r in self.rejected)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "classes": {c: {"accepted": n, "rejected": self.rejected_count(c)} for c, n in self.accepted.items()},
+            "rejected": [{"class": r.cls, "source": r.source, "reason": r.reason} for r in self.rejected],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), indent=2) + "\n"
+
+    def write(self, path: str | os.PathLike) -> Path:
+        """Write :meth:`to_json` to ``path`` atomically."""
+        return atomic_write_text(path, self.to_json())
+
+
+# --- one item: fetch, decode ------------------------------------------------------------------------------
+
+class _Permanent(Exception):
+    """Retrying cannot help (HTTP 4xx, not an image, corrupt): recorded in the index, never fetched again."""
+
+
+class _Transient(Exception):
+    """One attempt failed in a way the next may not (timeout, connection, 5xx)."""
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    source: str  # URL, s3://bucket/key or file path: the report's and the index's key
+    etag: str = ""  # S3: the listing's ETag, so a changed object is fetched again
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    status: Literal["ok", "rejected", "failed"]  # failed: transient, tried again next run
+    reason: str = ""
+    sha256: str = ""
+    ext: str = ""
+    width: int = 0
+    height: int = 0
+    etag: str = ""
+
+    def to_index(self) -> dict[str, Any]:
+        if self.status == "rejected":
+            return {"status": "rejected", "reason": self.reason, **({"etag": self.etag} if self.etag else {})}
+        return {"status": "ok", "sha256": self.sha256, "ext": self.ext, "width": self.width,
+                "height": self.height, **({"etag": self.etag} if self.etag else {})}
+
+    @classmethod
+    def from_index(cls, entry: dict[str, Any]) -> _Outcome:
+        return cls(**{k: entry[k] for k in ("status", "reason", "sha256", "ext", "width", "height", "etag")
+                      if k in entry})
+
+
+def retry_delays(retries: int, backoff_seconds: float) -> list[float]:
+    """The pause before each retry: ``backoff * 2**(k-1)`` for retry k = 1..retries, capped at 120 s."""
+    return [min(backoff_seconds * 2 ** (k - 1), MAX_BACKOFF_SECONDS) for k in range(1, retries + 1)]
+
+
+def _with_retries(attempt: Callable[[], T], retries: int, backoff_seconds: float) -> T:
+    """Run ``attempt``; after a :class:`_Transient` failure pause and run it again, ``retries`` more times."""
+    delays = retry_delays(retries, backoff_seconds)
+    for k in range(retries + 1):
+        if k:
+            _sleep(delays[k - 1])
+        try:
+            return attempt()
+        except _Transient as exc:
+            last = exc
+    raise _Transient(f"{last} ({retries + 1} attempt(s); tried again on the next run)")
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    """Whether a timeout is anywhere in the exception's chain (requests wraps urllib3's read timeouts)."""
+    from urllib3.exceptions import TimeoutError as Urllib3Timeout
+
+    stack, seen = [exc], set()
+    while stack:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, Urllib3Timeout | TimeoutError):
+            return True
+        stack.extend(x for x in (item.__cause__, item.__context__, *item.args) if isinstance(x, BaseException))
+    return False
+
+
+def http_get(session: Any, url: str, timeout_seconds: float) -> bytes:
+    """One GET of an image URL: the body, or :class:`_Permanent` / :class:`_Transient` naming the failure."""
+    import requests
+
+    if urlsplit(url).scheme.lower() not in ("http", "https"):
+        raise _Permanent("unsupported URL: need http:// or https://")
+    try:
+        with session.get(url, timeout=(timeout_seconds, timeout_seconds), stream=True) as resp:
+            status = resp.status_code
+            if not 200 <= status < 300:
+                reason = f"HTTP {status} {resp.reason or ''}".rstrip()
+                raise (_Transient if status in RETRY_HTTP_STATUS or status >= 500 else _Permanent)(reason)
+            content_type = resp.headers.get("Content-Type", "")
+            if not content_type.split(";", 1)[0].strip().lower().startswith("image/"):
+                raise _Permanent(f"not an image: Content-Type {content_type!r}, expected image/*")
+            length = resp.headers.get("Content-Length", "")
+            expected = int(length) if length.isdigit() else None
+            if expected is not None and expected > MAX_IMAGE_BYTES:
+                raise _Permanent(f"too large: {expected} bytes > {MAX_IMAGE_BYTES}")
+            chunks, received = [], 0
+            for block in resp.iter_content(CHUNK_BYTES):
+                received += len(block)
+                if received > MAX_IMAGE_BYTES:
+                    raise _Permanent(f"too large: more than {MAX_IMAGE_BYTES} bytes")
+                chunks.append(block)
+    except requests.RequestException as exc:
+        if _is_timeout(exc):
+            raise _Transient(f"timeout: no answer within {timeout_seconds:g} s") from exc
+        if isinstance(exc, requests.ConnectionError | requests.exceptions.ChunkedEncodingError
+                      | requests.exceptions.ContentDecodingError):
+            raise _Transient(f"connection error: {type(exc).__name__}: {exc}") from exc
+        raise _Permanent(f"request error: {type(exc).__name__}: {exc}") from exc  # invalid URL and the like
+    if expected is not None and received != expected:
+        raise _Transient(f"transfer cut short: received {received} of {expected} bytes")
+    return b"".join(chunks)
+
+
+def decode_check(data: bytes) -> tuple[str, int, int]:
+    """(extension, width, height) of image bytes that PIL decodes fully and converts to RGB, else
+    :class:`_Permanent` ``corrupt image: ...``."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            width, height, fmt = im.width, im.height, im.format or ""
+            im.convert("RGB")
+    except Image.DecompressionBombError as exc:
+        raise _Permanent(f"too large to decode: {exc}") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise _Permanent(f"corrupt image: cannot decode ({exc})") from exc
+    return _FORMAT_EXT.get(fmt, fmt.lower() or "img"), width, height
+
+
+def _s3_client(endpoint_url: str | None, timeout: float, pool: int) -> Any:
+    """As :func:`lofiseg.data.sources._s3_client`, with a connection pool sized for the worker threads."""
+    import boto3
+    from botocore import UNSIGNED
+    from botocore.config import Config
+
+    config = Config(retries={"total_max_attempts": 1, "mode": "standard"}, connect_timeout=timeout,
+                    read_timeout=timeout, max_pool_connections=max(pool, 10))
+    session = boto3.session.Session()
+    if session.get_credentials() is None:
+        config = config.merge(Config(signature_version=UNSIGNED))
+    return session.client("s3", endpoint_url=endpoint_url, config=config)
+
+
+def _s3_call(call: Callable[[], T], what: str, endpoint: str) -> T:
+    """Run one S3 call, translating botocore's errors into :class:`_Permanent` / :class:`_Transient`."""
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        HTTPClientError,
+        IncompleteReadError,
+        ResponseStreamingError,
+    )
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from urllib3.exceptions import HTTPError as Urllib3Error
+
+    try:
+        return call()
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", "?"))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        message = f"S3 error {code} (HTTP {status}) on {what} at endpoint {endpoint}: {error.get('Message', '')}"
+        transient = code in RETRY_S3_CODES or (isinstance(status, int) and status >= 500)
+        raise (_Transient if transient else _Permanent)(message.rstrip(": ")) from exc
+    except (BotoConnectionError, HTTPClientError, IncompleteReadError, ResponseStreamingError, Urllib3Error,
+            ConnectionError, TimeoutError) as exc:
+        raise _Transient(f"{type(exc).__name__} on {what} at endpoint {endpoint}: {exc}") from exc
+    except BotoCoreError as exc:
+        raise _Permanent(f"S3 request {what} to endpoint {endpoint} failed: {exc}") from exc
+
+
+# --- listing the sources of a class -----------------------------------------------------------------------
+
+def read_url_manifest(path: str | os.PathLike) -> list[str]:
+    """The URLs of a manifest, in file order: one URL per line, or a CSV whose header has a ``url`` column.
+
+    Blank lines and lines starting with ``#`` are skipped in both forms.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"URL manifest {path} does not exist or is not a file")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
+    lines = [line for line in lines if line and not line.startswith("#")]
+    if not lines:
+        return []
+    header = [cell.strip().lower() for cell in next(csv.reader([lines[0]]))]
+    if "://" in lines[0] or (len(header) == 1 and header[0] != "url"):
+        return lines
+    if "url" not in header:
+        raise ValueError(f"URL manifest {path}: a CSV manifest needs a 'url' column, got columns {header}")
+    column = header.index("url")
+    rows = list(csv.reader(lines[1:]))
+    return [row[column].strip() for row in rows if len(row) > column and row[column].strip()]
+
+
+def list_local_images(folder: str | os.PathLike) -> list[Path]:
+    """Every image file (jpg/jpeg/png/bmp/webp, any case) under ``folder``, recursive, sorted by relative path;
+    hidden files and folders are skipped."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"local image folder {folder} does not exist or is not a folder")
+    found = [p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+             and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def list_s3_images(client: Any, uri: str, endpoint: str, retries: int, backoff_seconds: float) -> list[_Candidate]:
+    """The image objects (by suffix, as :func:`list_local_images`) under ``s3://bucket/prefix``, sorted by key.
+
+    The listing is retried as a whole after a transient failure; the final failure raises
+    :class:`~lofiseg.data.sources.SourceError` naming the prefix and the endpoint.
+    """
+    parts = urlsplit(uri)
+    bucket, prefix = parts.netloc, parts.path.lstrip("/")
+
+    def listing() -> list[_Candidate]:
+        def pages() -> list[dict[str, Any]]:
+            paginator = client.get_paginator("list_objects_v2")
+            return [obj for page in paginator.paginate(Bucket=bucket, Prefix=prefix)
+                    for obj in page.get("Contents", [])]
+
+        objects = _s3_call(pages, f"listing {uri}", endpoint)
+        keys = [(o["Key"], str(o.get("ETag", ""))) for o in objects
+                if Path(o["Key"]).suffix.lower() in IMAGE_SUFFIXES and not o["Key"].endswith("/")]
+        return [_Candidate(f"s3://{bucket}/{key}", etag) for key, etag in sorted(keys)]
+
+    try:
+        return _with_retries(listing, retries, backoff_seconds)
+    except (_Permanent, _Transient) as exc:
+        raise SourceError(f"cannot list {uri} at S3 endpoint {endpoint}: {exc}") from exc
+
+
+# --- the per-class cache index ----------------------------------------------------------------------------
+
+class _Index:
+    """``cache/<class>/index.json``: source -> outcome of its last conclusive fetch (ok or rejected)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.path = folder / INDEX_NAME
+        self.entries: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        if self.path.is_file():
+            try:
+                self.entries = dict(json.loads(self.path.read_text()))
+            except (OSError, ValueError, TypeError) as exc:
+                log.warning("%s: unreadable cache index (%s); fetching everything again", self.path, exc)
+
+    def record(self, source: str, outcome: _Outcome) -> None:
+        if outcome.status != "failed":
+            with self._lock:
+                self.entries[source] = outcome.to_index()
+
+    def reusable(self, candidate: _Candidate) -> _Outcome | None:
+        """The cached outcome, if it still holds: same S3 ETag, and for an image the cached file unchanged."""
+        entry = self.entries.get(candidate.source)
+        if not isinstance(entry, dict) or entry.get("etag", "") != candidate.etag:
+            return None
+        try:
+            outcome = _Outcome.from_index(entry)
+        except (TypeError, KeyError, AttributeError):  # an entry edited by hand: fetch again
+            return None
+        if outcome.status not in ("ok", "rejected"):
+            return None
+        if outcome.status == "ok":
+            cached = self.folder / f"{outcome.sha256}.{outcome.ext}"
+            if not cached.is_file() or sha256_bytes(cached.read_bytes()) != outcome.sha256:
+                return None
+        return outcome
+
+    def save(self) -> None:
+        with self._lock:
+            atomic_write_json(self.path, self.entries)
+
+
+# --- the collector ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Item:
+    """One image of the output data set."""
+
+    id: str
+    cls: str
+    source: str
+    path: Path
+    sha256: str
+    ext: str
+    split: str = "train"
+    tags: tuple[str, ...] = ()
+    mask: Path | None = None  # synthetic images only
+    verbatim: bool = False  # synthetic images: copied byte for byte whatever their format
+
+
+class _Sessions:
+    """One ``requests.Session`` per worker thread, all closed at the end."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._all: list[Any] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> Any:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            import requests
+
+            session = requests.Session()
+            # identity: Content-Length is then the byte count, so a transfer cut short is detected
+            session.headers.update({"User-Agent": USER_AGENT, "Accept": "image/*",
+                                    "Accept-Encoding": "identity"})
+            self._local.session = session
+            with self._lock:
+                self._all.append(session)
+        return session
+
+    def close(self) -> None:
+        with self._lock:
+            for session in self._all:
+                session.close()
+            self._all.clear()
+
+
+class _Collector:
+    def __init__(self, params: WebParams, cache: Path, synthetic: Path | None, s3_endpoint_url: str | None,
+                 progress: bool, pool: ThreadPoolExecutor):
+        self.params, self.cache, self.synthetic_root = params, cache, synthetic
+        self.s3_endpoint_url, self.progress, self.pool = s3_endpoint_url, progress, pool
+        self.sessions = _Sessions()
+        self.report = WebReport()
+        self.seen: dict[str, str] = {}  # sha256 of accepted bytes -> "<class>/<source>" of its first occurrence
+        self._s3: Any = None
+        self._synthetic: Dataset | None = None
+        self._copied: set[str] = set()
+
+    # -- sources
+
+    @property
+    def s3(self) -> Any:
+        if self._s3 is None:  # boto3 clients are thread-safe; creating one is not: done here, once
+            self._s3 = _s3_client(self.s3_endpoint_url, self.params.timeout_seconds, self.params.workers)
+        return self._s3
+
+    @property
+    def endpoint(self) -> str:
+        return _s3_endpoint_description(self.s3_endpoint_url)
+
+    def _candidates(self, name: str, source: WebClassSource) -> list[_Candidate]:
+        assert source.path is not None
+        if source.kind == "urls":
+            return [_Candidate(url) for url in read_url_manifest(source.path)]
+        if source.kind == "local":
+            return [_Candidate(str(p)) for p in list_local_images(source.path)]
+        return list_s3_images(self.s3, source.path, self.endpoint, self.params.retries, self.params.backoff_seconds)
+
+    def _download(self, kind: str, candidate: _Candidate) -> bytes:
+        p = self.params
+        if kind == "urls":
+            return _with_retries(lambda: http_get(self.sessions.get(), candidate.source, p.timeout_seconds),
+                                 p.retries, p.backoff_seconds)
+        if kind == "s3":
+            parts = urlsplit(candidate.source)
+
+            def get() -> bytes:
+                def read() -> bytes:
+                    body = self.s3.get_object(Bucket=parts.netloc, Key=parts.path.lstrip("/"))["Body"]
+                    try:
+                        return body.read(MAX_IMAGE_BYTES + 1)
+                    finally:
+                        body.close()
+
+                data = _s3_call(read, f"GET {candidate.source}", self.endpoint)
+                if len(data) > MAX_IMAGE_BYTES:
+                    raise _Permanent(f"too large: more than {MAX_IMAGE_BYTES} bytes")
+                return data
+
+            return _with_retries(get, p.retries, p.backoff_seconds)
+        path = Path(candidate.source)
+        if path.stat().st_size > MAX_IMAGE_BYTES:
+            raise _Permanent(f"too large: {path.stat().st_size} bytes > {MAX_IMAGE_BYTES}")
+        return path.read_bytes()
+
+    def _acquire(self, kind: str, candidate: _Candidate, index: _Index | None) -> _Outcome:
+        """Worker: fetch, decode-check, cache one item; record a conclusive outcome in the index."""
+        try:
+            data = self._download(kind, candidate)
+            ext, width, height = decode_check(data)
+            digest = sha256_bytes(data)
+            if index is not None:
+                atomic_write_bytes(index.folder / f"{digest}.{ext}", data)
+            outcome = _Outcome("ok", sha256=digest, ext=ext, width=width, height=height, etag=candidate.etag)
+        except _Permanent as exc:
+            outcome = _Outcome("rejected", reason=str(exc), etag=candidate.etag)
+        except _Transient as exc:
+            outcome = _Outcome("failed", reason=str(exc))
+        except OSError as exc:  # a local file that vanished or cannot be read, a full cache disk
+            outcome = _Outcome("failed", reason=f"cannot read or cache: {exc}")
+        except Exception as exc:  # one odd item of user-supplied input must not stop the whole collection
+            log.warning("%s: unexpected error", candidate.source, exc_info=True)
+            outcome = _Outcome("failed", reason=f"unexpected error: {type(exc).__name__}: {exc}")
+        if index is not None:
+            index.record(candidate.source, outcome)
+        return outcome
+
+    def _resolve(self, kind: str, candidates: list[_Candidate],
+                 index: _Index | None) -> Iterator[tuple[_Candidate, _Outcome]]:
+        """Outcomes in source order, fetching at most ``4 * workers`` items ahead; a source listed twice is
+        fetched once. Closing the iterator early cancels what has not started and waits for the rest."""
+        window = 4 * self.params.workers
+        pending: deque[tuple[_Candidate, Future | _Outcome]] = deque()
+        started: dict[str, Future | _Outcome] = {}
+        upcoming = iter(candidates)
+        try:
+            while True:
+                while len(pending) < window and (candidate := next(upcoming, None)) is not None:
+                    if candidate.source not in started:
+                        known = index.reusable(candidate) if index is not None else None
+                        started[candidate.source] = (self.pool.submit(self._acquire, kind, candidate, index)
+                                                     if known is None else known)
+                    pending.append((candidate, started[candidate.source]))
+                if not pending:
+                    return
+                candidate, job = pending.popleft()
+                yield candidate, job.result() if isinstance(job, Future) else job
+        finally:
+            for _, job in pending:
+                if isinstance(job, Future) and not job.cancel():
+                    job.exception()  # wait: its outcome goes into the index
+
+    def _judge(self, name: str, candidate: _Candidate, outcome: _Outcome, index: _Index | None) -> _Item | None:
+        """Apply the size and duplicate checks; report a rejection, or return the accepted item."""
+        reason = outcome.reason
+        if outcome.status == "ok":
+            side = self.params.min_side
+            if min(outcome.width, outcome.height) < side:
+                reason = f"too small: {outcome.width}x{outcome.height} px, both sides must be >= {side}"
+            elif outcome.sha256 in self.seen:
+                reason = f"duplicate of {self.seen[outcome.sha256]}"
+        if outcome.status != "ok" or reason:
+            self.report.rejected.append(Rejection(name, candidate.source, reason))
+            return None
+        self.seen[outcome.sha256] = f"{name}/{candidate.source}"
+        # downloads are read from the cache, local files in place
+        path = Path(candidate.source) if index is None else index.folder / f"{outcome.sha256}.{outcome.ext}"
+        return _Item(f"{name}-{outcome.sha256[:16]}", name, candidate.source, path, outcome.sha256,
+                     outcome.ext, tags=(name,))
+
+    def collect_class(self, name: str, source: WebClassSource) -> list[_Item]:
+        if source.kind == "synthetic":
+            return self._synthetic_items(name)
+        candidates = self._candidates(name, source)
+        index = _Index(self.cache / name) if source.kind != "local" else None
+        cap = self.params.max_images_per_class
+        items: list[_Item] = []
+        resolved = self._resolve(source.kind, candidates, index)
+        bar = tqdm(total=len(candidates), desc=f"web {name}", unit="img", disable=not self.progress, leave=False)
+        try:
+            for candidate, outcome in resolved:
+                bar.update()
+                item = self._judge(name, candidate, outcome, index)
+                if item is not None:
+                    items.append(item)
+                    if cap is not None and len(items) >= cap:
+                        break
+        finally:
+            resolved.close()
+            bar.close()
+            if index is not None:
+                index.save()
+        return items
+
+    def _synthetic_items(self, name: str) -> list[_Item]:
+        """The images tagged ``name`` in the synthetic web set, every split, with their masks; train (and val)
+        images capped at ``max_images_per_class``, first by id."""
+        if self._synthetic is None:
+            if self.synthetic_root is None:
+                raise ValueError(f"class {name!r} has kind 'synthetic', so synthetic must be the synthetic web "
+                                 "data set's folder, got synthetic=None")
+            self._synthetic = Dataset(self.synthetic_root)
+        dataset = self._synthetic
+        records = [r for r in dataset if name in r.tags]
+        if not records:
+            raise ValueError(f"class {name!r}: no image tagged {name!r} in the synthetic data set at "
+                             f"{dataset.root}; its tags are {sorted({t for r in dataset for t in r.tags})}")
+        cap = self.params.max_images_per_class
+        trainable = sorted((r for r in records if r.split != "test"), key=lambda r: r.id)
+        if cap is not None:
+            trainable = trainable[:cap]
+        chosen = {r.id for r in trainable} | {r.id for r in records if r.split == "test"}
+        items = []
+        for record in records:
+            if record.id not in chosen or record.id in self._copied:
+                continue  # another synthetic class copied it already
+            self._copied.add(record.id)
+            path = dataset.root / record.image
+            digest = record.sha256 or sha256_bytes(path.read_bytes())
+            self.seen.setdefault(digest, f"{name}/{record.id}")
+            items.append(_Item(record.id, name, record.source, path, digest, path.suffix.lstrip("."),
+                               record.split, record.tags, dataset.root / record.mask if record.has_mask else None,
+                               verbatim=True))
+        return items
+
+
+def carve_val_by_hash(items: Iterable[_Item], val_fraction: float) -> set[str]:
+    """Ids of the train items moving to val: the first ``floor(val_fraction * n + 0.5)`` in (sha256, id) order."""
+    train = sorted((i for i in items if i.split == "train"), key=lambda i: (i.sha256, i.id))
+    return {i.id for i in train[: math.floor(val_fraction * len(train) + 0.5)]}
+
+
+def _write_dataset(out: Path, items: list[_Item], val_ids: set[str]) -> None:
+    with DatasetWriter(out) as writer:
+        for item in items:
+            data = item.path.read_bytes()
+            ext = item.ext
+            if sha256_bytes(data) != item.sha256:
+                raise SourceError(f"{item.path}: changed while collecting ({item.source}); run again")
+            if not item.verbatim and ext not in _KEPT_EXT:
+                with Image.open(io.BytesIO(data)) as im:
+                    data, ext = encode_png(np.asarray(im.convert("RGB"))), "png"
+            mask = read_mask(item.mask) if item.mask is not None else None
+            split = "val" if item.id in val_ids else item.split
+            writer.add_encoded(item.id, data, ext, mask, split=split, tags=item.tags, source=item.source)
+
+
+def collect_web_images(params: WebParams, out: str | os.PathLike, cache: str | os.PathLike,
+                       synthetic: str | os.PathLike | None = None, s3_endpoint_url: str | None = None,
+                       progress: bool = True) -> WebReport:
+    """Build the per-class web data set at ``out`` (atomically) and return the report of what was kept.
+
+    Downloaded, local and S3 images: split ``train`` (``val_fraction`` of each class to ``val`` by content
+    hash), tag = class name, no mask, ``source`` = URL / path / S3 URI; id ``<class>-<sha256[:16]>``. JPEG and
+    PNG bytes are kept as they are, other formats re-encoded as PNG. Synthetic classes: the images tagged with
+    the class in the data set at ``synthetic``, every split, copied byte for byte with their masks, ids and
+    tags. ``s3_endpoint_url`` overrides ``AWS_ENDPOINT_URL_S3``. See the module docstring for the checks.
+    """
+    if not isinstance(params, WebParams):
+        raise TypeError(f"params must be a WebParams, got {type(params).__name__}")
+    out, cache = Path(out), Path(cache)
+    synthetic_root = Path(synthetic) if synthetic is not None else None
+    with ThreadPoolExecutor(max_workers=params.workers, thread_name_prefix="web") as pool:
+        collector = _Collector(params, cache, synthetic_root, s3_endpoint_url, progress, pool)
+        try:
+            per_class = {name: collector.collect_class(name, source) for name, source in params.classes.items()}
+        finally:
+            collector.sessions.close()
+    report = collector.report
+    val_ids: set[str] = set()
+    for name, items in per_class.items():
+        report.accepted[name] = len(items)
+        val_ids |= carve_val_by_hash(items, params.val_fraction)
+        if not items:
+            log.warning("web class %r: no image accepted", name)
+        log.info("web class %r: %d accepted, %d rejected", name, len(items), report.rejected_count(name))
+    _write_dataset(out, [item for items in per_class.values() for item in items], val_ids)
+    return report
