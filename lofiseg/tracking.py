@@ -444,14 +444,32 @@ def dvc_hashes(paths: Sequence[str | os.PathLike], root: str | os.PathLike) -> d
     return hashes
 
 
+ORCHESTRATOR_ENV = "LOFISEG_PREFECT_FLOW_RUN_ID"  # set by flows/ for the stages they run
+ORCHESTRATOR_TAG = "prefect.flow_run_id"
+
+
 def standard_tags(root: str | os.PathLike, inputs: Sequence[str | os.PathLike]) -> dict[str, str]:
-    """Provenance tags: ``git.commit``, ``git.dirty`` (if in git) and ``dvc.<path>`` md5 of each input."""
+    """Provenance tags: ``git.commit``, ``git.dirty`` (if in git), ``dvc.<path>`` md5 of each input, and the
+    Prefect flow run that launched the stage (when one did)."""
     tags: dict[str, str] = {}
+    if flow_run := os.environ.get(ORCHESTRATOR_ENV):
+        tags[ORCHESTRATOR_TAG] = flow_run
     if (commit := git_commit(root)) is not None:
         tags["git.commit"] = commit
         tags["git.dirty"] = str(git_dirty(root)).lower()
     tags.update({f"dvc.{path}": md5 for path, md5 in dvc_hashes(inputs, root).items()})
     return tags
+
+
+def runs_with_tag(key: str, value: str, *, uri: str | None = None) -> list[dict[str, str]]:
+    """Every run, in any experiment, tagged ``key = value``: id, experiment, name and status."""
+    uri = uri or default_tracking_uri(Path.cwd())
+    check_store(uri)
+    client = _client(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, filter_string=f"tags.`{key}` = '{value}'") if experiments else []
+    return [{"run_id": r.info.run_id, "experiment_id": r.info.experiment_id, "run_name": r.info.run_name,
+             "status": r.info.status} for r in runs]
 
 
 # --- the run ------------------------------------------------------------------------------------------------
