@@ -43,7 +43,7 @@ def test_noisy_copies_differ_only_in_flipped_train_masks(repo):
 
 def test_second_repro_is_a_fast_no_op(repo):
     started = time.perf_counter()
-    out = dvc(repo, "repro").stdout
+    out = dvc(repo, "repro", "download", "noise").stdout
     assert "Data and pipelines are up to date" in out
     assert time.perf_counter() - started < 30
 
