@@ -76,7 +76,7 @@ def noisy_label_grid(params: Params, models: dict, noisy_root: Path, count: int)
     rows = [[split.images[i].permute(1, 2, 0).numpy(), colorize_labels(gt[i].numpy()),
              colorize_labels(split.masks[i].numpy())] + [p[i].numpy() for p in preds.values()]
             for i in range(len(split))]
-    titles = ["image", "ground truth", f"noisy label ({rate})"] + [f"{loss} @ {rate}" for loss in preds]
+    titles = ["image", "truth", f"noisy {rate}"] + [f"{loss} {rate}" for loss in preds]
     return image_grid(rows, col_titles=titles)
 
 
