@@ -6,6 +6,7 @@ Both servers bind port 0 (a free port) and stop when the module's tests are done
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -15,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 
@@ -112,10 +114,10 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-@pytest.fixture(scope="module")
-def http_server() -> Iterator[FileServer]:
-    state = FileServer()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+@contextlib.contextmanager
+def serve_on_loopback(handler: type[BaseHTTPRequestHandler], state: Any) -> Iterator[Any]:
+    """Serve ``handler`` on 127.0.0.1 (a free port) in a thread; ``state.base_url`` is set; stops on exit."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     httpd.daemon_threads = True
     state.base_url = f"http://127.0.0.1:{httpd.server_address[1]}"
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -126,6 +128,13 @@ def http_server() -> Iterator[FileServer]:
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def http_server() -> Iterator[FileServer]:
+    state = FileServer()
+    with serve_on_loopback(_handler(state), state):
+        yield state
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ from lofiseg.data.web import (
     retry_delays,
 )
 from tests import servers
-from tests.servers import FileServer, closed_port, isolate_aws_env, put_s3_object
+from tests.servers import FileServer, closed_port, isolate_aws_env, put_s3_object, serve_on_loopback
 
 moto_server = servers.moto_server  # the fixture, used by name below
 s3_endpoint = servers.s3_endpoint
@@ -90,17 +89,8 @@ def _typed_handler(server: ImageServer) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture(scope="module")
 def image_server() -> Iterator[ImageServer]:
     state = ImageServer()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _typed_handler(state))
-    httpd.daemon_threads = True
-    state.base_url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with serve_on_loopback(_typed_handler(state), state):
         yield state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
 
 
 # --- the URL manifest scenario ------------------------------------------------------------------------------
