@@ -36,7 +36,7 @@ import math
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Protocol
@@ -243,16 +243,22 @@ def _mask_for(tree: Path, masks: str, image: Path) -> Path:
     return found[0] if found else tree / pattern
 
 
+def _own_splits(tree: Path, spec: DatasetSpec, root: Path, default_lists: dict[str, Path],
+                fallback: Iterable[Path]) -> dict[str, str | None]:
+    """Ids and their split: the spec's id lists, else the layout's own lists that exist, else every file of
+    ``fallback`` with no split of its own."""
+    default_lists = {s: p for s, p in default_lists.items() if p.is_file()}
+    if spec.split_files:
+        return {i: None for i in _listed_splits(tree, _spec_lists(tree, spec))}
+    if default_lists:
+        return _listed_splits(root, default_lists)
+    return {p.stem: None for p in fallback if _visible(p)}
+
+
 def _voc_entries(tree: Path, spec: DatasetSpec) -> _Plan:
     root = _find_root(tree, ("JPEGImages", "SegmentationClass"), "voc")
     default_lists = {s: root / "ImageSets" / "Segmentation" / f"{s}.txt" for s in ("train", "val")}
-    default_lists = {s: p for s, p in default_lists.items() if p.is_file()}
-    if spec.split_files:
-        own = {i: None for i in _listed_splits(tree, _spec_lists(tree, spec))}
-    elif default_lists:
-        own = _listed_splits(root, default_lists)
-    else:
-        own = {p.stem: None for p in (root / "SegmentationClass").glob("*.png") if _visible(p)}
+    own = _own_splits(tree, spec, root, default_lists, (root / "SegmentationClass").glob("*.png"))
     entries = [_Entry(i, root / "JPEGImages" / f"{i}.jpg", root / "SegmentationClass" / f"{i}.png",
                       load_voc_mask, own[i]) for i in sorted(own)]
     return _Plan([(e, "") for e in entries])
@@ -261,13 +267,7 @@ def _voc_entries(tree: Path, spec: DatasetSpec) -> _Plan:
 def _pet_entries(tree: Path, spec: DatasetSpec) -> _Plan:
     root = _find_root(tree, ("images", "annotations/trimaps"), "pet")
     default_lists = {"train": root / "annotations" / "trainval.txt", "test": root / "annotations" / "test.txt"}
-    default_lists = {s: p for s, p in default_lists.items() if p.is_file()}
-    if spec.split_files:
-        own = {i: None for i in _listed_splits(tree, _spec_lists(tree, spec))}
-    elif default_lists:
-        own = _listed_splits(root, default_lists)
-    else:
-        own = {p.stem: None for p in (root / "images").glob("*.jpg") if _visible(p)}
+    own = _own_splits(tree, spec, root, default_lists, (root / "images").glob("*.jpg"))
     entries = [_Entry(i, root / "images" / f"{i}.jpg", root / "annotations" / "trimaps" / f"{i}.png",
                       load_trimap, own[i]) for i in sorted(own)]
     return _Plan([(e, "") for e in entries])
