@@ -22,7 +22,8 @@ from lofiseg.atomic import atomic_write_json, atomic_write_text
 from lofiseg.bundle import load_bundle
 from lofiseg.config import Params, load_params, rate_key
 from lofiseg.data.format import Dataset
-from lofiseg.data.loading import load_split, to_float
+from lofiseg.data.loading import load_split
+from lofiseg.inference import predict_probs
 from lofiseg.metrics.saliency import SaliencyMeter
 from lofiseg.reports import lines_figure, markdown_table, save_figure
 from lofiseg.tracking import Tracker, standard_tags
@@ -32,18 +33,11 @@ from stages.common import log, run, stage_parser
 SALIENCY_KEYS = ("fbeta_adaptive", "fbeta_weighted", "fbeta_max", "mae")
 
 
-@torch.no_grad()
-def saliency_maps(model: torch.nn.Module, channel: int, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Saliency probability maps (N, S, S) of uint8 images (N, 3, S, S)."""
-    out = [model(to_float(images[i:i + batch_size])).softmax(1)[:, channel] for i in range(0, len(images), batch_size)]
-    return torch.cat(out)
-
-
 def score_saliency(model: torch.nn.Module, info: dict, dataset: Dataset, batch_size: int) -> dict[str, float]:
     """Predict at the model's training size, resize each map to its ground truth's size, then score."""
     records = dataset.split("test")
     split = load_split(dataset, records, info["image_size"], with_masks=False, desc=f"load {dataset.root.name}")
-    maps = saliency_maps(model, info["channel"], split.images, batch_size)
+    maps = predict_probs(model, split, batch_size)[:, info["channel"]]
     meter = SaliencyMeter()
     for record, pred in zip(records, maps, strict=True):
         gt = dataset.mask(record)
@@ -71,7 +65,7 @@ def noisy_label_grid(params: Params, models: dict, noisy_root: Path, count: int)
     size = params.train_saliency.image_size
     split = load_split(noisy, train, size, desc="load grid")
     gt = load_split(clean, [clean[r.id] for r in train], size, desc="load grid gt").masks
-    preds = {loss: saliency_maps(m, info["channel"], split.images, count)
+    preds = {loss: predict_probs(m, split, count)[:, info["channel"]]
              for loss, (m, info) in models.items() if info["noise_rate"] == float(rate)}
     rows = [[split.images[i].permute(1, 2, 0).numpy(), colorize_labels(gt[i].numpy()),
              colorize_labels(split.masks[i].numpy())] + [p[i].numpy() for p in preds.values()]
