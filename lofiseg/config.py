@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from lofiseg.data.web import WebClassSource, WebParams
 from lofiseg.schema import StrictModel
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -57,8 +58,8 @@ class SyntheticScenes(SplitSizes):
 
 
 class SyntheticRegions(SplitSizes):
-    train: Annotated[int, Field(ge=0)] = 0
-    val: Annotated[int, Field(ge=0)] = 0
+    train: Annotated[int, Field(ge=0)] = 160
+    val: Annotated[int, Field(ge=0)] = 20
     test: Annotated[int, Field(ge=0)] = 40
     min_regions: Annotated[int, Field(ge=2)] = 2
     max_regions: Annotated[int, Field(ge=2, le=254)] = 6
@@ -219,10 +220,163 @@ class TrainSaliencyParams(StrictModel):
         return value
 
 
+class RegularizedScheduleParams(StrictModel):
+    """Veksler Sec. 3.4: annealing (Eq. 8), normal and negative stages; see RegularizedLossSchedule."""
+
+    annealing_epochs: Annotated[int, Field(ge=0)] = 15  # 0 = no annealing (start from init_from instead)
+    normal_epochs: Annotated[int, Field(ge=0)] = 10
+    negative_epochs: Annotated[int, Field(ge=0)] = 5  # extra normal epochs with the negative loss (Eq. 7)
+    sigma_start: Annotated[float, Field(gt=0.0)] = 0.05
+    sigma_end: Annotated[float, Field(gt=0.0)] = 0.15
+    annealing_lambda_reg: Annotated[float, Field(ge=0.0)] = 1.0
+    normal_lambda_reg: Annotated[float, Field(ge=0.0)] = 100.0
+    lambda_v: Annotated[float, Field(ge=0.0)] = 1.0
+    lambda_p: Annotated[float, Field(ge=0.0)] = 1.0
+    lambda_neg: Annotated[float, Field(ge=0.0)] = 2.0
+    sigma_rule: Literal["code", "paper"] = "code"
+
+
+class FinetuneParams(StrictModel):
+    """Train at ``train_single.image_size`` then transfer the weights to a larger size (paper: 128 -> 256)."""
+
+    image_size: Annotated[int, Field(ge=16, le=1024)] = 128
+    epochs: Annotated[int, Field(ge=0)] = 0  # normal-stage epochs at image_size; 0 = off
+
+
+def _single_class_model() -> ModelParams:
+    return ModelParams(arch="unet", encoder="tu-tf_efficientnet_lite0", encoder_weights="lite0-imagenet",
+                       freeze_encoder=True)
+
+
+class TrainSingleParams(StrictModel):
+    """``train_single@<class>`` (regularized loss, Eq. 6-8) and ``train_single_gt@<class>`` (CE on ground truth)."""
+
+    image_size: Annotated[int, Field(ge=16, le=1024)] = 64
+    batch_size: PositiveInt = 16  # the volumetric loss (Eq. 4) averages object size over a batch; paper m = 16
+    lr: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-3
+    schedule: RegularizedScheduleParams = RegularizedScheduleParams()
+    # null: anneal every class; "<class>": skip annealing, start every class from train_single_init's model,
+    # trained with annealing on that class's web images; "<data set>": the same on a data set's train split
+    # (the paper's easy-to-fit OxfordPet); or a path to a model.pt.
+    init_from: str | None = None
+    negatives: bool = True  # the other classes' images are this class's negatives (Eq. 7)
+    finetune: FinetuneParams = FinetuneParams()
+    gt_epochs: PositiveInt = 10  # the -gt baseline: CE on ground truth, where the web set has it
+    flip: bool = True
+    model: ModelParams = Field(default_factory=_single_class_model)
+    device: str = "auto"
+    amp: bool = True
+
+
+class PseudoLabelParams(StrictModel):
+    """``pseudo_label@<class>``: class model on its own web images -> pseudo ground truth (Veksler Sec. 4.3)."""
+
+    crf: bool = True  # dense CRF refinement (pydensecrf) of the two-class probabilities
+    crf_iterations: Annotated[int, Field(ge=1, le=50)] = 5
+    confidence: Annotated[float, Field(ge=0.5, le=1.0)] = 0.5  # max class probability below it -> 255 (ignore)
+    splits: list[Split] = Field(default_factory=lambda: ["train", "val"], min_length=1)
+    batch_size: PositiveInt = 32
+
+
+def _deeplab_model() -> ModelParams:
+    return ModelParams(arch="deeplabv3plus", encoder="tu-tf_efficientnet_lite0", encoder_weights="lite0-imagenet",
+                       freeze_encoder=False)
+
+
+class TrainDeeplabParams(StrictModel):
+    """``train_deeplab@pseudo`` (union of pseudo ground truth) and ``train_deeplab@gt`` (the upper bound).
+
+    The paper's setting: model {arch: deeplabv3_resnet101, encoder_weights: imagenet}, image_size 513,
+    lr 0.001, epochs 100, batch_size 10.
+    """
+
+    gt_dataset: str = "scenes"  # the upper bound's training data: a semantic data set with train/val splits
+    image_size: Annotated[int, Field(ge=16, le=1024)] = 64
+    epochs: PositiveInt = 12
+    batch_size: PositiveInt = 8
+    lr: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-3
+    flip: bool = True
+    blur: bool = True
+    rescale: tuple[Annotated[float, Field(gt=0.0)], Annotated[float, Field(gt=0.0)]] | None = (0.75, 1.25)
+    model: ModelParams = Field(default_factory=_deeplab_model)
+    device: str = "auto"
+    amp: bool = True
+
+
+class TrainRegionsParams(StrictModel):
+    """``train_regions@<method>``: class-agnostic multi-region models (CAS paper Sec. 5.2-5.3, Dille et al.)."""
+
+    methods: list[Literal["cas", "projective", "ce", "discriminative"]] = Field(
+        default_factory=lambda: ["cas", "projective", "ce", "discriminative"], min_length=1)
+    dataset: str = "regions"  # region masks with arbitrary ids; train/val/test splits
+    image_size: Annotated[int, Field(ge=16, le=1024)] = 64
+    epochs: PositiveInt = 8
+    batch_size: PositiveInt = 4
+    lr: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-3
+    channels: Annotated[int, Field(ge=2, le=255)] = 20  # M output channels of cas / ce (M >= regions)
+    embedding_dim: Annotated[int, Field(ge=2, le=512)] = 16  # d of the projective head (paper 128)
+    alpha: Probability = 0.1  # CAS Eq. 1
+    max_regions: Annotated[int, Field(ge=2, le=255)] = 20  # clustering at inference (supplement E)
+    min_area_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.02  # smaller regions absorbed by the CRF
+    bandwidth_degrees: Annotated[float, Field(gt=0.0, lt=90.0)] = 45.0  # mean-shift on the sphere (Dille)
+    flip: bool = True
+    model: ModelParams = Field(default_factory=lambda: ModelParams(
+        arch="unet", encoder="tu-tf_efficientnet_lite0", encoder_weights="lite0-imagenet", freeze_encoder=True))
+    device: str = "auto"
+    amp: bool = True
+
+
+class GateParams(StrictModel):
+    """Promotion gate: the challenger becomes champion only if it beats the champion by ``min_improvement``."""
+
+    metric: Annotated[str, Field(min_length=1)]  # "/"-separated path into the metrics JSON
+    direction: Literal["maximize", "minimize"] = "maximize"
+    min_improvement: Annotated[float, Field(ge=0.0)] = 0.0
+
+
+class RegisteredModel(StrictModel):
+    bundle: Annotated[str, Field(min_length=1)]  # folder holding model.pt
+    metrics: Annotated[str, Field(min_length=1)]  # metrics JSON the gate reads
+    eval_data: Annotated[str, Field(min_length=1)]  # the evaluation set; its DVC hash names it
+    gate: GateParams
+
+
+class RegistryParams(StrictModel):
+    """``registry`` (stage ``register``): models into the MLflow registry, alias ``challenger``; ``champion`` moves by the gate."""
+
+    enabled: bool = True
+    models: dict[str, RegisteredModel] = Field(default_factory=dict)
+
+    @field_validator("models")
+    @classmethod
+    def _names(cls, value: dict[str, RegisteredModel]) -> dict[str, RegisteredModel]:
+        for name in value:
+            if not re.match(r"^[A-Za-z0-9_.-]+$", name):
+                raise ValueError(f"registered model name {name!r} must match ^[A-Za-z0-9_.-]+$")
+        return value
+
+
+class RetrainParams(StrictModel):
+    """The Prefect ``retrain`` deployment (flows/retrain.py)."""
+
+    cron: Annotated[str, Field(min_length=9)] = "0 3 * * 1"  # weekly, Monday 03:00
+    timezone: str = "UTC"
+    work_pool: Annotated[str, Field(min_length=1)] = "gpu"
+    dvc_remote: str | None = None  # null: the default remote; pull at start, push at the end
+    push: bool = True
+
+
 class EvaluateParams(StrictModel):
     saliency_sets: list[str] = Field(default_factory=lambda: ["saliency"])  # data sets with a test split
+    semantic_sets: list[str] = Field(default_factory=lambda: ["scenes"])  # DeepLab mIoU on their test split
+    regions_sets: list[str] = Field(default_factory=lambda: ["regions"])  # region metrics on their test split
     batch_size: PositiveInt = 32
     grid_samples: Annotated[int, Field(ge=1, le=32)] = 6
+
+
+def _default_web() -> WebParams:
+    return WebParams(classes={name: WebClassSource(kind="synthetic")
+                              for name in SyntheticParams().classes})
 
 
 # --- the whole file ---------------------------------------------------------------------------------------
@@ -234,17 +388,44 @@ class Params(StrictModel):
     noise: NoiseParams = NoiseParams()
     tracking: TrackingParams = TrackingParams()
     train_saliency: TrainSaliencyParams = TrainSaliencyParams()
+    web: WebParams = Field(default_factory=_default_web)
+    train_single: TrainSingleParams = TrainSingleParams()
+    pseudo_label: PseudoLabelParams = PseudoLabelParams()
+    train_deeplab: TrainDeeplabParams = TrainDeeplabParams()
+    train_regions: TrainRegionsParams = TrainRegionsParams()
     evaluate: EvaluateParams = EvaluateParams()
+    registry: RegistryParams = RegistryParams()
+    retrain: RetrainParams = RetrainParams()
 
     @model_validator(mode="after")
     def _cross_refs(self) -> Params:
         enabled = self.download.enabled()
-        for key, name in [("noise.dataset", self.noise.dataset)] + [
-                (f"evaluate.saliency_sets[{i}]", n) for i, n in enumerate(self.evaluate.saliency_sets)]:
+        refs = [("noise.dataset", self.noise.dataset), ("train_deeplab.gt_dataset", self.train_deeplab.gt_dataset),
+                ("train_regions.dataset", self.train_regions.dataset)]
+        for field_name in ("saliency_sets", "semantic_sets", "regions_sets"):
+            refs += [(f"evaluate.{field_name}[{i}]", n) for i, n in enumerate(getattr(self.evaluate, field_name))]
+        for key, name in refs:
             if name not in enabled:
                 raise ValueError(f"{key} {name!r} is not an enabled data set in download.datasets; "
                                  f"enabled: {sorted(enabled)}")
+        synthetic_web = [n for n, s in self.web.classes.items() if s.kind == "synthetic"]
+        if synthetic_web and "web" not in enabled:
+            raise ValueError(f"web.classes {synthetic_web} come from the synthetic web set, but 'web' is not an "
+                             f"enabled data set in download.datasets")
+        unknown = [n for n in synthetic_web if n not in self.synthetic.classes]
+        if unknown:
+            raise ValueError(f"web.classes {unknown}: kind 'synthetic' needs a class of synthetic.classes "
+                             f"{self.synthetic.classes}")
+        init = self.train_single.init_from
+        if init is not None and init not in self.web.classes and init not in enabled and not init.endswith(".pt"):
+            raise ValueError(f"train_single.init_from {init!r} must be null, a class of web.classes "
+                             f"{list(self.web.classes)}, an enabled data set {sorted(enabled)} or a path to a "
+                             f"model.pt")
         return self
+
+    def semantic_classes(self) -> list[str]:
+        """The multi-class label space: 0 background, then web.classes in params order (ids 1..K)."""
+        return ["background", *self.web.classes]
 
 
 def rate_key(rate: float) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 PROJECT = Path(__file__).resolve().parent.parent
-COPIED = ("lofiseg", "stages", "flows", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", "prefect.toml")
+COPIED = ("lofiseg", "stages", "flows", "commands", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", "prefect.toml")
 
 # Small enough for seconds on 2 cores; every generator and stage still runs.
 TINY = {
@@ -23,15 +23,26 @@ TINY = {
         "saliency": {"train": 8, "val": 4, "test": 4},
         "web": {"per_class": 4, "negatives": 2, "confuser_prob": 0.3, "test_per_class": 2},
         "scenes": {"train": 4, "val": 2, "test": 4, "min_objects": 2, "max_objects": 3},
-        "regions": {"train": 0, "val": 0, "test": 4, "min_regions": 2, "max_regions": 4},
+        "regions": {"train": 4, "val": 2, "test": 4, "min_regions": 2, "max_regions": 4},
     },
+    "web": {"classes": {"sun": {"kind": "synthetic"}, "leaf": {"kind": "synthetic"}}},
+    "train_single": {"batch_size": 4, "gt_epochs": 1,
+                     "schedule": {"annealing_epochs": 1, "normal_epochs": 1, "negative_epochs": 1}},
+    "pseudo_label": {"crf_iterations": 2},
+    "train_deeplab": {"epochs": 1, "batch_size": 4},
+    "train_regions": {"epochs": 1, "channels": 6, "embedding_dim": 4, "max_regions": 6},
+    "evaluate": {"grid_samples": 2},
 }
+
+
+REPLACED = ("classes",)  # a class set is a whole: web.classes is replaced, never merged
 
 
 def deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in changes.items():
-        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        merge = isinstance(value, dict) and isinstance(out.get(key), dict) and key not in REPLACED
+        out[key] = deep_merge(out[key], value) if merge else copy.deepcopy(value)
     return out
 
 

@@ -45,7 +45,8 @@ def test_unknown_nested_key_inside_dict_of_sections():
 
 
 def test_unknown_top_level_section():
-    with pytest.raises(ParamsError, match=r"trian: unknown key; allowed keys: download, evaluate, noise, seed, synthetic, tracking, train_saliency"):
+    with pytest.raises(ParamsError, match=r"trian: unknown key; allowed keys: download, evaluate, noise, pseudo_label, registry, retrain, seed, synthetic, tracking, "
+                       r"train_deeplab, train_regions, train_saliency, train_single, web"):
         parse_params(_params(trian={}))
 
 

@@ -52,15 +52,15 @@ def test_pipeline_flow_runs_the_dag_then_skips_it(flow_repo, monkeypatch):
     from flows.pipeline import pipeline
 
     stages = read_dag(repo)
-    assert stages["evaluate"].upstream >= {"train_saliency@cas-0.0", "train_saliency@cas-0.5", "download"}
+    assert stages["evaluate_saliency"].upstream >= {"train_saliency@cas-0.0", "train_saliency@cas-0.5", "download"}
     with prefect_test_harness(server_startup_timeout=120):
         first = pipeline(str(repo))
         # both training stages ran in one wave, concurrently, and were recorded with one dvc commit
         assert set(first["ran"]) == set(stages)
-        assert first["ran"].index("evaluate") > first["ran"].index("train_saliency@cas-0.5")
+        assert first["ran"].index("evaluate_saliency") > first["ran"].index("train_saliency@cas-0.5")
         status = json.loads(dvc(repo, "status", "--json").stdout or "{}")
         assert status == {}, status  # the lock file matches the workspace: nothing for DVC to redo
-        assert {r["run_name"] for r in first["mlflow_runs"]} >= {"cas-0.0", "cas-0.5", "evaluate"}
+        assert {r["run_name"] for r in first["mlflow_runs"]} >= {"cas-0.0", "cas-0.5", "evaluate_saliency"}
 
         second = pipeline(str(repo))
         assert second["ran"] == [] and set(second["skipped"]) == set(stages)

@@ -26,7 +26,7 @@ def repo(tmp_path_factory):
     repo = make_repo(root / "repo", TINY_TRAIN)
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db", "MLFLOW_ARTIFACT_ROOT": str(root / "artifacts"),
            "LOFISEG_DEVICE": "cpu"}
-    dvc(repo, "repro", "evaluate", env=env)
+    dvc(repo, "repro", "evaluate_saliency", env=env)
     return repo, env, root
 
 
@@ -82,5 +82,5 @@ def test_mlflow_has_one_run_per_model_with_metrics(repo):
 
 def test_second_repro_does_nothing(repo):
     repo, env, _ = repo
-    out = dvc(repo, "repro", "evaluate", env=env).stdout
+    out = dvc(repo, "repro", "evaluate_saliency", env=env).stdout
     assert "Data and pipelines are up to date" in out

@@ -1,4 +1,4 @@
-"""DVC stage `evaluate`: every trained model on held-out sets with ground truth.
+"""DVC stage `evaluate_saliency`: every salient-object model on held-out sets with ground truth.
 
 Saliency part: each (loss, noise rate) model on the clean test split of every set in
 ``evaluate.saliency_sets``: MAE, F-beta at T = 2 mean(S), max-F and weighted F-beta. Writes the metrics JSON
@@ -132,8 +132,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--report", type=Path, default=Path("reports/saliency"))
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    tags = {**standard_tags(".", [str(args.raw), str(args.saliency_models)]), "lofiseg.stage": "evaluate"}
-    with Tracker(f"{params.tracking.experiment_prefix}-evaluation", "evaluate", tags=tags,
+    tags = {**standard_tags(".", [str(args.raw), str(args.saliency_models)]), "lofiseg.stage": "evaluate_saliency"}
+    with Tracker(f"{params.tracking.experiment_prefix}-evaluation", "evaluate_saliency", tags=tags,
                  enabled=params.tracking.enabled, required=params.tracking.required) as tracker:
         metrics, files = evaluate_saliency(params, args.saliency_models, args.raw, args.noisy,
                                            args.metrics / "saliency.json", args.report)
