@@ -102,6 +102,7 @@ class DatasetSpec(StrictModel):
     split: Split | None = None  # every sample goes to this split ...
     split_files: dict[Split, str] = Field(default_factory=dict)  # ... or id lists per split
     val_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # carved from train, deterministically
+    classes: list[str] | None = None  # semantic sets: the name of each mask id 0, 1, ... (VOC: built in)
     description: str = ""
 
     @model_validator(mode="after")
@@ -416,6 +417,15 @@ class Params(StrictModel):
         if unknown:
             raise ValueError(f"web.classes {unknown}: kind 'synthetic' needs a class of synthetic.classes "
                              f"{self.synthetic.classes}")
+        for key, name in [("train_deeplab.gt_dataset", self.train_deeplab.gt_dataset)] + [
+                (f"evaluate.semantic_sets[{i}]", n) for i, n in enumerate(self.evaluate.semantic_sets)]:
+            try:
+                names = self.dataset_classes(name)
+            except ValueError as err:
+                raise ValueError(f"{key}: {err}") from None
+            if not set(self.web.classes) & set(names):
+                raise ValueError(f"{key} {name!r}: none of its classes {names} is in web.classes "
+                                 f"{list(self.web.classes)}")
         init = self.train_single.init_from
         if init is not None and init not in self.web.classes and init not in enabled and not init.endswith(".pt"):
             raise ValueError(f"train_single.init_from {init!r} must be null, a class of web.classes "
@@ -426,6 +436,23 @@ class Params(StrictModel):
     def semantic_classes(self) -> list[str]:
         """The multi-class label space: 0 background, then web.classes in params order (ids 1..K)."""
         return ["background", *self.web.classes]
+
+    def dataset_classes(self, name: str) -> list[str]:
+        """The class name of each mask id of semantic data set ``name``: its ``classes`` entry, else the
+        synthetic scenes' ``background`` + ``synthetic.classes``, else the VOC names for the voc layout."""
+        from lofiseg.data.masks import VOC_CLASSES
+
+        spec = self.download.datasets.get(name)
+        if spec is None:
+            raise ValueError(f"data set {name!r} is not in download.datasets")
+        if spec.classes is not None:
+            return list(spec.classes)
+        if spec.source == "synthetic" and spec.generator == "scenes":
+            return ["background", *self.synthetic.classes]
+        if spec.layout == "voc":
+            return list(VOC_CLASSES)
+        raise ValueError(f"download.datasets.{name}: not a semantic data set; give its label names in "
+                         f"download.datasets.{name}.classes")
 
 
 def rate_key(rate: float) -> str:

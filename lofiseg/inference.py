@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Iterator, Sequence
 
-from lofiseg.data.loading import TensorSplit, iterate_batches
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from lofiseg.data.format import Dataset, Record
+from lofiseg.data.loading import TensorSplit, iterate_batches, load_split
 from lofiseg.models import choose_foreground_channel
 
 
@@ -33,3 +38,18 @@ def saliency_channel(loss: str, probs: torch.Tensor, masks: torch.Tensor | None)
     if masks is None:
         raise ValueError(f"loss {loss!r} needs validation masks to choose the saliency channel")
     return choose_foreground_channel(probs, masks)
+
+
+def predict_native(model: torch.nn.Module, dataset: Dataset, records: Sequence[Record], image_size: int,
+                   batch_size: int = 32, device: torch.device | str = "cpu",
+                   desc: str = "predict") -> Iterator[tuple[Record, torch.Tensor]]:
+    """Softmax probabilities (M, H, W) of each record's image at the record's own size: the model sees the
+    image resized to its training size, the maps are resized back (bilinear)."""
+    split = load_split(dataset, records, image_size, with_masks=False, desc=desc)
+    probs = predict_probs(model, split, batch_size, device=device)
+    for record, prob in zip(records, probs, strict=True):
+        with Image.open(dataset.root / record.image) as image:  # the header only: no second decode
+            width, height = image.size
+        if prob.shape[-2:] != (height, width):
+            prob = F.interpolate(prob[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+        yield record, prob

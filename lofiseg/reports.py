@@ -57,3 +57,24 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def bars_figure(groups: Mapping[str, Mapping[str, float | None]], ylabel: str, title: str) -> Figure:
+    """Grouped bars: one group per outer key (e.g. a class), one bar per inner key (e.g. a model); None = gap."""
+    import numpy as np
+
+    series = list(dict.fromkeys(k for values in groups.values() for k in values))
+    x = np.arange(len(groups))
+    width = 0.8 / max(len(series), 1)
+    fig, ax = plt.subplots(figsize=(max(4.2, 0.9 * len(groups) * max(len(series), 1) * 0.5 + 2), 3.0))
+    for i, name in enumerate(series):
+        heights = [groups[g].get(name) for g in groups]
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, [np.nan if h is None else h for h in heights], width,
+               label=name)
+    ax.set_xticks(x, list(groups), fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

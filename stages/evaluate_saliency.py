@@ -16,14 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from lofiseg.atomic import atomic_write_json, atomic_write_text
 from lofiseg.bundle import load_bundle
 from lofiseg.config import Params, load_params, rate_key
 from lofiseg.data.format import Dataset
 from lofiseg.data.loading import load_split
-from lofiseg.inference import predict_probs
+from lofiseg.inference import predict_native, predict_probs
 from lofiseg.metrics.saliency import SaliencyMeter
 from lofiseg.reports import lines_figure, markdown_table, save_figure
 from lofiseg.tracking import Tracker, standard_tags
@@ -35,15 +34,11 @@ SALIENCY_KEYS = ("fbeta_adaptive", "fbeta_weighted", "fbeta_max", "mae")
 
 def score_saliency(model: torch.nn.Module, info: dict, dataset: Dataset, batch_size: int) -> dict[str, float]:
     """Predict at the model's training size, resize each map to its ground truth's size, then score."""
-    records = dataset.split("test")
-    split = load_split(dataset, records, info["image_size"], with_masks=False, desc=f"load {dataset.root.name}")
-    maps = predict_probs(model, split, batch_size)[:, info["channel"]]
     meter = SaliencyMeter()
-    for record, pred in zip(records, maps, strict=True):
+    for record, probs in predict_native(model, dataset, dataset.split("test"), info["image_size"], batch_size,
+                                        desc=f"load {dataset.root.name}"):
         gt = dataset.mask(record)
-        if pred.shape != gt.shape:
-            pred = F.interpolate(pred[None, None], size=gt.shape, mode="bilinear", align_corners=False)[0, 0]
-        meter.update(pred.clamp(0, 1).numpy(), np.where(gt == 255, 255, gt > 0).astype(np.uint8))
+        meter.update(probs[info["channel"]].clamp(0, 1).numpy(), np.where(gt == 255, 255, gt > 0).astype(np.uint8))
     scores = meter.compute()
     return {k: float(scores[k]) for k in SALIENCY_KEYS}
 

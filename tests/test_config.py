@@ -40,7 +40,7 @@ def test_unknown_nested_key_inside_dict_of_sections():
     raw = _params()
     raw["download"]["datasets"]["saliency"]["generater"] = "saliency"
     with pytest.raises(ParamsError, match=r"download.datasets.saliency.generater: unknown key; allowed keys: "
-                                          r"description, enabled, files, generator"):
+                                          r"classes, description, enabled, files, generator"):
         parse_params(raw)
 
 
@@ -104,3 +104,35 @@ def test_params_are_frozen():
     params = load_params("params.yaml")
     with pytest.raises(Exception, match="frozen"):
         params.noise.rates = [0.3]
+
+
+def test_semantic_label_space_and_dataset_classes():
+    params = load_params("params.yaml")
+    assert params.semantic_classes() == ["background", "sun", "leaf", "brick", "star"]
+    assert params.dataset_classes("scenes") == ["background", "sun", "leaf", "brick", "star"]
+    assert params.dataset_classes("voc2012")[:3] == ["background", "aeroplane", "bicycle"]
+    with pytest.raises(ValueError, match=r"download.datasets.saliency: not a semantic data set"):
+        params.dataset_classes("saliency")
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"web__classes": {"sun": {"kind": "synthetic"}, "moon": {"kind": "synthetic"}}},
+     r"web.classes \['moon'\]: kind 'synthetic' needs a class of synthetic.classes"),
+    ({"web__classes": {"sun": {"kind": "local"}}}, r"kind 'local' needs 'path'"),
+    ({"train_single__init_from": "nowhere"}, r"train_single.init_from 'nowhere' must be null, a class of web.classes"),
+    ({"evaluate__semantic_sets": ["saliency"]}, r"evaluate.semantic_sets\[0\]: .*not a semantic data set"),
+    ({"train_deeplab__gt_dataset": "voc2012"}, r"train_deeplab.gt_dataset 'voc2012' is not an enabled data set"),
+    ({"web__classes": {"aeroplane": {"kind": "local", "path": "x"}}},
+     r"train_deeplab.gt_dataset 'scenes': none of its classes"),
+    ({"registry__models": {"bad name!": {"bundle": "m", "metrics": "m.json", "eval_data": "d",
+                                         "gate": {"metric": "miou"}}}}, r"registered model name 'bad name!'"),
+    ({"train_single__schedule__sigma_rule": "other"}, r"train_single.schedule.sigma_rule"),
+])
+def test_cross_references_of_the_new_sections(changes, message):
+    with pytest.raises(ParamsError, match=message):
+        parse_params(_params(**changes))
+
+
+def test_init_from_accepts_a_class_a_data_set_or_a_model_file():
+    for value in ("leaf", "saliency", "models/pretrained/model.pt"):
+        assert parse_params(_params(train_single__init_from=value)).train_single.init_from == value

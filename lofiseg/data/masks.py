@@ -14,7 +14,11 @@ import numpy as np
 
 from lofiseg.data.format import IGNORE, DatasetFormatError
 
-VOC_NUM_CLASSES = 21  # background + 20 object classes
+VOC_CLASSES = (  # label names of the VOC ids 0..20
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+VOC_NUM_CLASSES = len(VOC_CLASSES)  # background + 20 object classes
 MAX_REGIONS = 254  # labels 1..254; 255 is reserved for ignore
 
 
