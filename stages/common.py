@@ -11,13 +11,15 @@ from lofiseg.config import ParamsError
 from lofiseg.data.archives import ArchiveError
 from lofiseg.data.format import DatasetFormatError
 from lofiseg.data.sources import SourceError
+from lofiseg.registry import RegistryError
 from lofiseg.tracking import TrackingUnavailable
 
 log = logging.getLogger("lofiseg")
 
 # Errors a user can fix from the message alone: reported in one block, no traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    ParamsError, DatasetFormatError, SourceError, ArchiveError, TrackingUnavailable, FileNotFoundError,
+    ParamsError, DatasetFormatError, SourceError, ArchiveError, TrackingUnavailable, RegistryError,
+    FileNotFoundError,
 )
 
 

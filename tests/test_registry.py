@@ -1,0 +1,309 @@
+"""lofiseg.registry, stages.register and commands.promote against a real MLflow sqlite store in a tmp folder."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from lofiseg import tracking
+from lofiseg.bundle import save_bundle
+from lofiseg.config import ParamsError
+from lofiseg.models import build_model
+from lofiseg.registry import (
+    CHALLENGER,
+    CHAMPION,
+    TAG_DECISION,
+    TAG_EVAL_SET,
+    TAG_PREVIOUS,
+    TAG_REASON,
+    TAG_SOURCE_RUN,
+    Registry,
+    RegistryError,
+    decide,
+)
+from lofiseg.tracking import TrackingUnavailable
+from stages.common import run
+
+REPO = Path(__file__).resolve().parents[1]
+METRIC = "deeplab/miou"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One sqlite store for the module (MLflow's migrations take seconds); it is also MLFLOW_TRACKING_URI."""
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root}/mlflow.db"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.setenv("MLFLOW_ARTIFACT_ROOT", (root / "artifacts").as_uri())
+        tracking.check_store(uri)
+        yield uri
+
+
+@pytest.fixture(scope="module")
+def registry(store: str) -> Registry:
+    return Registry(store)
+
+
+def make_bundle(folder: Path, seed: int, **info: object) -> Path:
+    torch.manual_seed(seed)
+    model = build_model(arch="tiny_unet", num_classes=3, width=4)
+    save_bundle(folder / "model.pt", model, {"image_size": 32, **info})
+    return folder
+
+
+def register(registry: Registry, name: str, bundle: Path, value: float, eval_set: str = "md5-a",
+             **kwargs: object):
+    return registry.register_and_gate(name, bundle, metrics={METRIC: value, "deeplab/pixel_acc": 0.9},
+                                      eval_set=eval_set, eval_data="data/raw", gate_metric=METRIC,
+                                      direction="maximize", min_improvement=0.005, **kwargs)
+
+
+def closed_port_uri() -> str:
+    with socket.socket() as sock:  # bind, read the port, close: nothing listens there afterwards
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+# --- the gate, by hand ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("challenger", "champion", "direction", "min_improvement", "same", "promote", "words"),
+    [
+        (0.3, None, "maximize", 0.005, True, True, "first model"),  # no champion yet
+        (0.3, None, "maximize", 0.005, False, True, "first model"),  # nothing to compare with
+        (0.9, 0.5, "maximize", 0.0, False, False, "different evaluation set"),  # +0.4, but not comparable
+        (0.80, 0.70, "maximize", 0.005, True, True, "better"),  # 0.80 - 0.70 = +0.1 >= 0.005
+        (0.70, 0.70, "maximize", 0.0, True, False, "no improvement"),  # tie: 0 is not an improvement
+        (0.704, 0.700, "maximize", 0.005, True, False, "too small"),  # +0.004 < 0.005
+        (0.805, 0.800, "maximize", 0.005, True, True, "better"),  # +0.005 exactly (0.00499999... in floats)
+        (0.60, 0.70, "maximize", 0.0, True, False, "no improvement"),  # -0.1
+        (0.04, 0.05, "minimize", 0.005, True, True, "better"),  # MAE: 0.05 - 0.04 = +0.01 >= 0.005
+        (0.048, 0.05, "minimize", 0.005, True, False, "too small"),  # 0.05 - 0.048 = +0.002
+        (0.06, 0.05, "minimize", 0.0, True, False, "no improvement"),  # 0.05 - 0.06 = -0.01
+        (math.nan, 0.5, "maximize", 0.0, True, False, "not a number"),
+    ])
+def test_decide_truth_table(challenger, champion, direction, min_improvement, same, promote, words) -> None:
+    decision = decide(challenger, champion, direction, min_improvement, same)
+    assert decision.promote is promote
+    assert words in decision.reason
+
+
+def test_decide_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="direction"):
+        decide(0.5, 0.4, "up", 0.0, True)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="min_improvement"):
+        decide(0.5, 0.4, "maximize", -0.1, True)
+
+
+# --- registration and promotion -------------------------------------------------------------------------------
+
+def test_first_is_champion_better_promoted_worse_stays_challenger(registry: Registry, tmp_path: Path) -> None:
+    name = "gate-order"
+    first = register(registry, name, make_bundle(tmp_path / "a", 0, mlflow_run_id="train-run-1"), 0.60,
+                     tags={"git.commit": "c0ffee"})
+    assert (first.version, first.promote, first.champion) == ("1", True, "1")
+    assert registry.aliases(name) == {CHAMPION: "1", CHALLENGER: "1"}
+    v1 = registry.version(name, "1")
+    assert v1.tags[TAG_EVAL_SET] == "md5-a" and v1.tags["git.commit"] == "c0ffee"
+    assert v1.tags[TAG_SOURCE_RUN] == "train-run-1"
+    assert float(v1.tags[f"lofiseg.metric.{METRIC}"]) == 0.60
+    assert float(v1.tags["lofiseg.metric.deeplab/pixel_acc"]) == 0.9
+    assert v1.tags[TAG_DECISION] == "promoted" and "first model" in v1.tags[TAG_REASON]
+    assert TAG_PREVIOUS not in v1.tags
+    run = registry.client.get_run(first.run_id)  # the register run: metrics, and the model's input example
+    assert run.data.metrics[METRIC] == pytest.approx(0.60)
+    info = tracking._mlflow().models.get_model_info(f"models:/{name}/1")
+    assert info.saved_input_example_info["artifact_path"] == "input_example.json"
+    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 3, -1, -1)
+
+    better = register(registry, name, make_bundle(tmp_path / "b", 1), 0.62)  # +0.02 >= 0.005
+    assert (better.version, better.promote, better.champion_version, better.champion) == ("2", True, "1", "2")
+    assert better.champion_value == pytest.approx(0.60)
+    assert registry.aliases(name) == {CHAMPION: "2", CHALLENGER: "2"}
+    assert registry.version(name, "2").tags[TAG_PREVIOUS] == "1"
+
+    worse = register(registry, name, make_bundle(tmp_path / "c", 2), 0.623)  # +0.003 < 0.005
+    assert (worse.version, worse.promote, worse.champion) == ("3", False, "2")
+    assert registry.aliases(name) == {CHAMPION: "2", CHALLENGER: "3"}
+    v3 = registry.version(name, "3").tags
+    assert v3[TAG_DECISION] == "rejected" and "too small" in v3[TAG_REASON] and "0.623" in v3[TAG_REASON]
+
+
+def test_different_eval_set_is_refused(registry: Registry, tmp_path: Path) -> None:
+    name = "gate-eval-set"
+    register(registry, name, make_bundle(tmp_path / "a", 0), 0.5, eval_set="md5-a")
+    other = register(registry, name, make_bundle(tmp_path / "b", 1), 0.9, eval_set="md5-b")  # +0.4 but ...
+    assert not other.promote and other.champion == "1"
+    reason = registry.version(name, "2").tags[TAG_REASON]
+    assert "different evaluation set" in reason and "md5-b" in reason and "md5-a" in reason
+    unknown = register(registry, name, make_bundle(tmp_path / "c", 2), 0.9, eval_set=None)
+    assert not unknown.promote and "unknown" in unknown.reason  # no DVC hash: never comparable
+
+
+def test_manual_promote_and_rollback(registry: Registry, tmp_path: Path, capsys) -> None:
+    from commands import promote
+
+    name = "by-hand"
+    for i, value in enumerate([0.5, 0.7, 0.6]):  # v1 champion, v2 promoted (prev v1), v3 rejected
+        register(registry, name, make_bundle(tmp_path / str(i), i), value)
+    assert registry.champion(name) == "2"
+
+    assert run(promote.main, ["--name", name, "--version", "3", "--reason", "looks better on photos"]) == 0
+    assert "champion v2 -> v3" in capsys.readouterr().out
+    tags = registry.version(name, "3").tags
+    assert (tags[TAG_DECISION], tags[TAG_REASON], tags[TAG_PREVIOUS]) == (
+        "promoted (manual)", "looks better on photos", "2")
+
+    assert run(promote.main, ["--name", name, "--rollback"]) == 0  # v3 -> v2
+    assert "champion v3 -> v2 (rollback)" in capsys.readouterr().out
+    assert registry.champion(name) == "2"
+    assert registry.version(name, "3").tags[TAG_DECISION] == "rolled back"
+    assert registry.rollback(name).new == "1"  # and once more: v2 had replaced v1
+    with pytest.raises(RegistryError, match="nothing to roll back"):
+        registry.rollback(name)  # v1 was the first champion
+    with pytest.raises(RegistryError, match="no version '9'"):
+        registry.promote(name, 9)
+    with pytest.raises(SystemExit, match="does not exist"):
+        promote.main(["--name", "no-such-model", "--rollback"])
+
+
+def test_champion_uri_loads_and_predicts_like_the_bundle(registry: Registry, tmp_path: Path) -> None:
+    from lofiseg.bundle import load_bundle
+
+    name = "loadable"
+    bundle = make_bundle(tmp_path / "a", 3)
+    register(registry, name, bundle, 0.5)
+    loaded = tracking.load_model(f"models:/{name}@champion")
+    model, _ = load_bundle(bundle / "model.pt")
+    x = torch.rand(2, 3, 40, 24, generator=torch.Generator().manual_seed(0))  # not the example's size
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+    assert str(registry.resolve(f"models:/{name}@champion").version) == "1"
+    with pytest.raises(RegistryError, match="no alias 'staging'"):
+        registry.resolve(f"models:/{name}@staging")
+
+
+def test_predict_command_runs_the_champion(registry: Registry, tmp_path: Path) -> None:
+    from commands import predict
+    from lofiseg.bundle import load_bundle
+    from lofiseg.data.format import read_mask
+    from lofiseg.viz import save_png
+
+    name = "predict-me"
+    bundle = make_bundle(tmp_path / "a", 4)
+    register(registry, name, bundle, 0.5)
+    images = tmp_path / "images"
+    image = np.random.default_rng(0).integers(0, 256, (20, 28, 3), dtype=np.uint8)
+    save_png(images / "x.png", image)
+    out = tmp_path / "out"
+    predict.main(["--model", f"models:/{name}@champion", "--images", str(images), "--out", str(out)])
+    model, _ = load_bundle(bundle / "model.pt")  # trained at 32 px (tag lofiseg.image_size): run at 32 px
+    expected = predict.predict_labels(model, image, 32, torch.device("cpu"))
+    np.testing.assert_array_equal(read_mask(out / "x.png"), expected)
+    assert json.loads((out / "predict.json").read_text())["size"] == 32
+
+
+def test_unreachable_store_fails_fast_and_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys) -> None:
+    from commands import predict
+    from lofiseg.viz import save_png
+
+    uri = closed_port_uri()
+    start = time.monotonic()
+    with pytest.raises(TrackingUnavailable, match="MLFLOW_TRACKING_URI") as caught:
+        Registry(uri)
+    assert uri in str(caught.value)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    save_png(tmp_path / "images/x.png", np.zeros((8, 8, 3), np.uint8))
+    argv = ["--model", "models:/m@champion", "--images", str(tmp_path / "images"), "--out", str(tmp_path / "o")]
+    assert run(predict.main, argv) == 2  # a user error: message, no traceback
+    assert uri in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert time.monotonic() - start < 10.0
+
+
+# --- the stage ------------------------------------------------------------------------------------------------
+
+def write_stage_repo(root: Path, miou: float, enabled: bool = True) -> None:
+    """A tiny repo: params.yaml (the repo's, with a small registry section), bundles, metrics, dvc.lock."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["registry"] = {"enabled": enabled, "models": {
+        "stage-deeplab": {"bundle": "models/deeplab/pseudo", "metrics": "metrics/semantic.json",
+                          "eval_data": "data/raw",
+                          "gate": {"metric": "deeplab_pseudo/miou", "direction": "maximize",
+                                   "min_improvement": 0.005}},
+        "stage-saliency": {"bundle": "models/saliency/cas/0.5", "metrics": "metrics/saliency.json",
+                           "eval_data": "data/raw",
+                           "gate": {"metric": "cas/0.5/saliency/mae", "direction": "minimize"}}}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    make_bundle(root / "models/deeplab/pseudo", 5)
+    torch.manual_seed(6)
+    saliency = build_model(arch="tiny_unet", num_classes=2, width=4)
+    save_bundle(root / "models/saliency/cas/0.5/model.pt", saliency,
+                {"task": "saliency", "channel": 0, "image_size": 32})
+    (root / "metrics").mkdir(exist_ok=True)
+    (root / "metrics/semantic.json").write_text(json.dumps({"deeplab_pseudo": {"miou": miou, "iou": [0.1]}}))
+    (root / "metrics/saliency.json").write_text(json.dumps({"cas": {"0.5": {"saliency": {"mae": 0.05}}}}))
+    lock = {"schema": "2.0", "stages": {"download": {"cmd": "x", "outs": [
+        {"path": "data/raw", "hash": "md5", "md5": "3867a0a10cdd107e7b915c9476f0d749.dir"}]}}}
+    (root / "dvc.lock").write_text(yaml.safe_dump(lock))
+
+
+def test_register_stage_end_to_end(store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stages import register as stage
+
+    monkeypatch.chdir(tmp_path)
+    write_stage_repo(tmp_path, miou=0.40)
+    stage.main(["--out", "reports/registry.json"])
+    report = json.loads((tmp_path / "reports/registry.json").read_text())
+    deeplab, saliency = report["models"]["stage-deeplab"], report["models"]["stage-saliency"]
+    assert (deeplab["version"], deeplab["decision"], deeplab["champion"]) == ("1", "promoted", "1")
+    assert deeplab["eval_set"] == "3867a0a10cdd107e7b915c9476f0d749.dir"
+    assert deeplab["metrics"] == {"deeplab_pseudo/miou": 0.40}  # the list "iou" is not a number: left out
+    assert (saliency["decision"], saliency["challenger_value"]) == ("promoted", 0.05)
+    champion = tracking.load_model("models:/stage-saliency@champion")  # saliency: ChannelSelected, 1 channel
+    assert champion(torch.rand(1, 3, 32, 32)).shape == (1, 1, 32, 32)
+
+    (tmp_path / "metrics/semantic.json").write_text(json.dumps({"deeplab_pseudo": {"miou": 0.402}}))
+    stage.main(["--out", "reports/registry.json"])  # +0.002 < 0.005 and a tie on MAE: nobody moves
+    report = json.loads((tmp_path / "reports/registry.json").read_text())
+    deeplab, saliency = report["models"]["stage-deeplab"], report["models"]["stage-saliency"]
+    assert (deeplab["version"], deeplab["decision"], deeplab["champion"]) == ("2", "rejected", "1")
+    assert "too small" in deeplab["reason"] and deeplab["champion_value"] == 0.40
+    assert (saliency["version"], saliency["decision"]) == ("2", "rejected")
+
+    (tmp_path / "metrics/semantic.json").write_text(json.dumps({"deeplab_pseudo": {"miou": 0.45}}))
+    stage.main(["--model", "stage-deeplab", "--out", "reports/registry/stage-deeplab.json"])  # as dvc.yaml runs it
+    one = json.loads((tmp_path / "reports/registry/stage-deeplab.json").read_text())
+    assert (one["name"], one["version"], one["decision"], one["champion"]) == ("stage-deeplab", "3", "promoted", "3")
+    assert Registry().champion("stage-saliency") == "1"  # the other model was left alone
+    with pytest.raises(ParamsError, match=r"--model 'nope' is not in registry.models"):
+        stage.main(["--model", "nope", "--out", "x.json"])
+
+
+def test_register_stage_errors_and_switch_off(store: str, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from stages import register as stage
+
+    monkeypatch.chdir(tmp_path)
+    write_stage_repo(tmp_path, miou=0.40)
+    (tmp_path / "metrics/semantic.json").write_text(json.dumps({"deeplab_pseudo": {"mIoU": 0.4}}))
+    with pytest.raises(ParamsError, match=r"metrics/semantic.json has no key 'miou' under deeplab_pseudo") as err:
+        stage.main(["--out", "reports/registry.json"])
+    assert "'deeplab_pseudo/miou'" in str(err.value) and "mIoU" in str(err.value)
+    assert not (tmp_path / "reports/registry.json").exists()  # checked before anything was registered
+
+    write_stage_repo(tmp_path, miou=0.40, enabled=False)
+    stage.main(["--out", "reports/registry.json"])
+    report = json.loads((tmp_path / "reports/registry.json").read_text())
+    assert report == {"enabled": False, "skipped": "registry.enabled is false", "models": {}}
