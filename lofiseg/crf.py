@@ -57,7 +57,7 @@ def _check_image(image: object, height: int | None = None, width: int | None = N
         raise ValueError(f"image must have shape (H, W, 3), got {image.shape}")
     if height is not None and image.shape[:2] != (height, width):
         raise ValueError(f"image must have shape ({height}, {width}, 3) to match the map, got {image.shape}")
-    return np.ascontiguousarray(image)
+    return np.require(image, requirements=["C", "W"])  # pydensecrf needs a writeable buffer (PIL's is read-only)
 
 
 def _check_probs(probs: object) -> np.ndarray:

@@ -165,3 +165,14 @@ def test_kmeans_by_hand() -> None:
     for seed in range(5):
         labels = kmeans(points, 2, seed=seed)
         assert labels[0] == labels[1] and labels[2] == labels[3] and labels[0] != labels[2]
+
+
+def test_dense_crf_takes_a_read_only_image():
+    """Images decoded through PIL (np.asarray) are read-only buffers; pydensecrf needs a writeable one."""
+    image = np.zeros((8, 8, 3), np.uint8)
+    image.setflags(write=False)
+    probs = np.full((2, 8, 8), 0.5, np.float32)
+    probs[1, :4] = 0.9
+    probs[0, :4] = 0.1
+    refined = dense_crf(image, probs)
+    assert refined.shape == (2, 8, 8) and (refined[1, :4] > 0.5).all()

@@ -1,0 +1,110 @@
+"""Semantic label spaces: remapping a data set's class ids to another class list, by class name.
+
+A label space is a list of class names whose index is the label id: ``["background", "sun", "leaf"]`` means
+0 background, 1 sun, 2 leaf. The multi-class models use ``Params.semantic_classes()`` (background, then
+``web.classes`` in params order); a data set with ground truth may number its classes differently (the
+synthetic scenes follow ``synthetic.classes``, Pascal VOC its 20 classes), so its masks are remapped by name
+before training or evaluation. A data set may declare its own label space in ``classes.json`` at its root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+from lofiseg.data.format import IGNORE, DatasetFormatError
+
+CLASSES_FILE = "classes.json"
+BACKGROUND = "background"
+
+
+Mask = TypeVar("Mask", np.ndarray, torch.Tensor)
+
+
+def _check_classes(name: str, classes: Sequence[str]) -> list[str]:
+    if isinstance(classes, str) or not isinstance(classes, Sequence):
+        raise TypeError(f"{name} must be a sequence of class names, got {type(classes).__name__}")
+    classes = list(classes)
+    if not classes:
+        raise ValueError(f"{name} must hold at least the background class, got []")
+    if len(classes) > IGNORE:
+        raise ValueError(f"{name} has {len(classes)} classes; ids must stay below {IGNORE} (ignore)")
+    if not all(isinstance(c, str) and c for c in classes):
+        raise ValueError(f"{name} must hold non-empty strings, got {classes}")
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"{name} holds duplicate names: {classes}")
+    return classes
+
+
+def label_lookup(source_classes: Sequence[str], target_classes: Sequence[str], ignore: int = IGNORE) -> np.ndarray:
+    """The (256,) uint8 table of :func:`remap_labels`: source id -> target id.
+
+    Id 0 is background on both sides and stays 0 whatever its name; a source class is found in
+    ``target_classes`` by name, else it becomes ``ignore``; every other entry (``ignore`` itself, ids beyond the
+    source list, which :func:`remap_labels` rejects before the lookup) is ``ignore``.
+    """
+    source = _check_classes("source_classes", source_classes)
+    target = _check_classes("target_classes", target_classes)
+    if isinstance(ignore, bool) or not isinstance(ignore, int) or not len(target) <= ignore <= 255:
+        raise ValueError(f"ignore must be an int in [{len(target)}, 255] (outside the target ids), got {ignore!r}")
+    index = {name: i for i, name in enumerate(target)}
+    table = np.full(256, ignore, dtype=np.uint8)
+    table[: len(source)] = [0 if i == 0 else index.get(name, ignore) for i, name in enumerate(source)]
+    return table
+
+
+def remap_labels(mask: Mask, source_classes: Sequence[str], target_classes: Sequence[str],
+                 ignore: int = IGNORE) -> Mask:
+    """Relabel an integer label map from ``source_classes`` ids to ``target_classes`` ids, by class name.
+
+    ``mask`` is a numpy array or torch tensor of any shape holding ids ``0..len(source_classes) - 1`` or
+    ``ignore``. Background (0) stays 0; a class absent from ``target_classes`` becomes ``ignore``; ``ignore``
+    stays ``ignore``. One table lookup, no loop over pixels. Returns the same kind of array (uint8 values, the
+    input's dtype kept for torch).
+    """
+    table = label_lookup(source_classes, target_classes, ignore)
+    num_source = len(source_classes)
+    if isinstance(mask, torch.Tensor):
+        if mask.is_floating_point() or mask.dtype == torch.bool:
+            raise TypeError(f"mask must hold integer ids, got dtype {mask.dtype}")
+        values = mask.long()
+        bad = values[((values < 0) | (values >= num_source)) & (values != ignore)]
+        if bad.numel():
+            raise ValueError(f"mask holds ids {sorted(set(bad.unique().tolist()))[:10]} outside the source "
+                             f"classes 0..{num_source - 1} and ignore {ignore}")
+        return torch.from_numpy(table).to(mask.device)[values].to(mask.dtype)
+    array = np.asarray(mask)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"mask must hold integer ids, got dtype {array.dtype}")
+    values = array.astype(np.int64)
+    bad = values[((values < 0) | (values >= num_source)) & (values != ignore)]
+    if bad.size:
+        raise ValueError(f"mask holds ids {np.unique(bad).tolist()[:10]} outside the source classes "
+                         f"0..{num_source - 1} and ignore {ignore}")
+    return table[values]
+
+
+def read_class_names(root: str | os.PathLike) -> list[str] | None:
+    """The label space a data set declares in ``<root>/classes.json`` (a JSON list of names), or None."""
+    path = Path(root) / CLASSES_FILE
+    if not path.is_file():
+        return None
+    try:
+        names = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise DatasetFormatError(f"{path}: not readable JSON ({err})") from err
+    try:
+        return _check_classes(str(path), names)
+    except (TypeError, ValueError) as err:
+        raise DatasetFormatError(f"{path}: expected a JSON list of distinct class names: {err}") from err
+
+
+def class_names_json(classes: Sequence[str]) -> bytes:
+    """``classes.json`` content for a label space (for ``DatasetWriter.add_file``)."""
+    return (json.dumps(_check_classes("classes", classes)) + "\n").encode()
