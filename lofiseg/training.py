@@ -7,6 +7,9 @@ started again ends with the same weights as an uninterrupted run.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 import random
 import sys
@@ -68,6 +71,22 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """torch.save through a temporary file and a rename: a kill mid-write leaves the previous checkpoint."""
     with atomic_file(path) as tmp:
         torch.save(state, tmp)
+
+
+def fingerprint(*parts: object) -> str:
+    """What a checkpoint was made from (params, seed, a digest of the data): a change means start over."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def matching_checkpoint(path: str | os.PathLike, stamp: str) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` if it was made with fingerprint ``stamp``; one made from other params or
+    data is deleted (with a warning) and None returned, so training starts over."""
+    previous = load_checkpoint(path)
+    if previous is not None and previous.get("meta", {}).get("fingerprint") != stamp:
+        logging.getLogger("lofiseg").warning("%s: made from other params or data; starting over", path)
+        Path(path).unlink()
+        return None
+    return previous
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any] | None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import math
 import sys
 from collections.abc import Sequence
@@ -56,7 +55,7 @@ from lofiseg.metrics.semantic import ConfusionMeter
 from lofiseg.models import build_model
 from lofiseg.reports import curves_figure, save_figure
 from lofiseg.tracking import Tracker, standard_tags
-from lofiseg.training import epoch_generator, load_checkpoint, resolve_device, seed_everything
+from lofiseg.training import epoch_generator, fingerprint, load_checkpoint, resolve_device, seed_everything
 from lofiseg.viz import colorize_labels, image_grid, save_png
 from stages.common import log, run, stage_parser
 
@@ -74,10 +73,6 @@ class Supervision:
     val_source: str  # "val split" or how the holdout was made
     dataset: Path
 
-
-def fingerprint(*parts: object) -> str:
-    """What a checkpoint was made from: a changed param or input data means start over."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def tensor_digest(*splits: TensorSplit) -> str:

@@ -28,7 +28,14 @@ from lofiseg.metrics.saliency import SaliencyMeter
 from lofiseg.models import ChannelSelected, build_model
 from lofiseg.reports import curves_figure, save_figure
 from lofiseg.tracking import Tracker, standard_tags
-from lofiseg.training import Trainer, epoch_generator, load_checkpoint, resolve_device, seed_everything
+from lofiseg.training import (
+    Trainer,
+    epoch_generator,
+    fingerprint,
+    matching_checkpoint,
+    resolve_device,
+    seed_everything,
+)
 from lofiseg.viz import colorize_labels, image_grid, save_png
 from stages.common import log, run, stage_parser
 
@@ -41,10 +48,6 @@ def saliency_scores(probs: torch.Tensor, masks: torch.Tensor, channel: int) -> d
         meter.update(pred, gt)
     return meter.compute()
 
-
-def fingerprint(*parts: object) -> str:
-    """What a checkpoint was made from: a changed param or input data means start over."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def qualitative_grid(split: TensorSplit, probs: torch.Tensor, channel: int, count: int) -> np.ndarray:
@@ -82,11 +85,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ckpt_path = args.checkpoints / f"{name}.pt"
     stamp = fingerprint(cfg.model_dump(), params.seed, args.loss, args.rate,
                         hashlib.sha256((args.data / "manifest.csv").read_bytes()).hexdigest())
-    previous = load_checkpoint(ckpt_path)
-    if previous is not None and previous.get("meta", {}).get("fingerprint") != stamp:
-        log.warning("%s: made from other params or data; starting over", ckpt_path)
-        ckpt_path.unlink()
-        previous = None
+    previous = matching_checkpoint(ckpt_path, stamp)
     run_id = previous["meta"].get("run_id") if previous else None
 
     tags = {**standard_tags(".", [str(args.data)]), "lofiseg.stage": "train_saliency", "loss": args.loss,

@@ -1,0 +1,209 @@
+"""Single-class segmentation from image-level tags only (Veksler, Sec. 3.4 and 4.3): the training plan of one
+class model, its regularized-loss step with negative images, and the helpers around them.
+
+* :func:`training_plan`: every epoch's loss parameters and image size. The annealing stage (Eq. 8: sigma
+  rises, all lambdas 1), the normal stage (``lambda_reg = 100``, ``sigma = 0.15``), the negative stage (the
+  normal stage plus Eq. 7 on the other classes' images, ``lambda_neg = 2``), then optionally the same weights
+  transferred to a larger image size (paper: 128 -> 256 px) for more normal(+negative) epochs. A model
+  initialised from another one (``init_from``) skips annealing (Sec. 4.1, "Replacing the Annealing Stage").
+* :func:`paired_batches`: each shuffled batch of the class's images followed by as many negative images
+  (other classes, image-level "not this class"), flagged by a bool ``negative`` tensor, as
+  :func:`lofiseg.losses.regularized.complete_regularized_terms` expects.
+* :class:`RegularizedStep`: the Trainer's step function for Eq. 6 (+ Eq. 7), with per-epoch means of every term.
+
+Nothing here opens a mask: the regularized models see images and tags only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lofiseg.config import RegularizedScheduleParams
+from lofiseg.data.format import IGNORE, Dataset, DatasetFormatError, Record
+from lofiseg.data.loading import Augment, TensorSplit, iterate_batches, to_float
+from lofiseg.losses.regularized import CompleteRegularizedLoss, RegularizedLossSchedule, StageParams
+from lofiseg.models import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel
+
+TERMS = ("sparse_crf", "volumetric", "positional", "negative")
+ARCH_KEYS = ("arch", "num_classes", "encoder", "width", "encoder_depth", "normalize_input")
+
+
+# --- data -------------------------------------------------------------------------------------------------
+
+def class_records(dataset: Dataset, cls: str, split: str = "train") -> list[Record]:
+    """The records of ``split`` tagged ``cls`` (the class's web images)."""
+    return [r for r in dataset.split(split) if cls in r.tags]
+
+
+def negative_records(dataset: Dataset, cls: str, split: str = "train") -> list[Record]:
+    """The records of ``split`` NOT tagged ``cls``: the other classes' images, negatives for Eq. 7."""
+    return [r for r in dataset.split(split) if cls not in r.tags]
+
+
+def require_class_records(dataset: Dataset, cls: str, split: str = "train") -> list[Record]:
+    """:func:`class_records`, or DatasetFormatError naming the class and the tags the split does hold."""
+    records = class_records(dataset, cls, split)
+    if not records:
+        tags = sorted({t for r in dataset.split(split) for t in r.tags})
+        raise DatasetFormatError(f"{dataset.root}: no {split} image tagged {cls!r} to train class {cls!r} on; "
+                                 f"the {split} split's tags are {tags}")
+    return records
+
+
+def loss_image(images: Tensor) -> Tensor:
+    """The colours the regularized losses compare (Eq. 2): images in [0, 1], ImageNet-normalised.
+
+    Sigma (0.05 .. 0.15) is calibrated in units of the ImageNet per-channel std, as in the author's code, so
+    this is ImageNet normalisation whatever the network's own input normalisation (e.g. [-1, 1] for the
+    EfficientNet-Lite encoders).
+    """
+    mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = images.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+def gt_labels(mask: Tensor) -> Tensor:
+    """Ground truth of the ``-gt`` baseline: every object label > 0 -> 1 (foreground), 255 stays ignore."""
+    return torch.where(mask == IGNORE, mask, (mask > 0).to(mask.dtype))
+
+
+def negative_indices(count: int, needed: int, generator: torch.Generator) -> Tensor:
+    """``needed`` indices into ``count`` negatives: consecutive random permutations, so every negative is used
+    once before any is used twice."""
+    if count < 1:
+        raise ValueError(f"count must be >= 1 negative image, got {count}")
+    rounds = max(1, math.ceil(needed / count))
+    return torch.cat([torch.randperm(count, generator=generator) for _ in range(rounds)])[:needed]
+
+
+def paired_batches(positives: TensorSplit, negatives: TensorSplit | None, batch_size: int,
+                   generator: torch.Generator, augment: Sequence[Augment] = ()) -> Iterator[dict[str, Tensor]]:
+    """Shuffled batches of ``positives``, each followed by as many images of ``negatives`` (when given).
+
+    Yields ``{"image": float (B + b, 3, S, S), "negative": bool (B + b,), "index": long (B,)}``: the first B
+    rows are the class's images (``negative`` False), the last b = B rows negatives. No masks are read.
+    """
+    if positives.masks is not None:
+        raise ValueError("positives must be loaded without masks (with_masks=False): the regularized loss never "
+                         "sees ground truth")
+    order = None
+    if negatives is not None:
+        if negatives.images.shape[-2:] != positives.images.shape[-2:]:
+            raise ValueError(f"negatives have size {tuple(negatives.images.shape[-2:])}, positives "
+                             f"{tuple(positives.images.shape[-2:])}")
+        order = negative_indices(len(negatives), len(positives), generator)
+    start = 0
+    for batch in iterate_batches(positives, batch_size, generator, shuffle=True):
+        size = int(batch["image"].shape[0])
+        flags = torch.zeros(size, dtype=torch.bool)
+        if order is not None:
+            picked = order[start:start + size]
+            start += size
+            batch["image"] = torch.cat([batch["image"], to_float(negatives.images[picked])])
+            flags = torch.cat([flags, torch.ones(len(picked), dtype=torch.bool)])
+        batch["negative"] = flags
+        for aug in augment:
+            batch = aug(batch, generator)
+        yield batch
+
+
+# --- the plan ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """One epoch: the loss parameters in force, the image size trained at, and whether negatives are mixed in."""
+
+    stage: StageParams
+    image_size: int
+    negatives: bool
+    phase: str = "train"  # "train" at image_size, "finetune" at the transfer size
+
+    def metrics(self) -> dict[str, float]:
+        return {"sigma": self.stage.sigma, "lambda_reg": self.stage.lambda_reg, "lambda_v": self.stage.lambda_v,
+                "lambda_p": self.stage.lambda_p, "lambda_neg": self.stage.lambda_neg,
+                "image_size": float(self.image_size)}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self.stage), "image_size": self.image_size, "negatives": self.negatives,
+                "phase": self.phase}
+
+
+def regularized_schedule(cfg: RegularizedScheduleParams, *, anneal: bool = True,
+                         negatives: bool = True) -> RegularizedLossSchedule:
+    """The schedule of ``cfg``; ``anneal=False`` (weights transferred) drops the annealing stage and
+    ``negatives=False`` (no negative images) drops the negative stage."""
+    values = cfg.model_dump()
+    if not anneal:
+        values["annealing_epochs"] = 0
+    if not negatives:
+        values["negative_epochs"] = 0
+    return RegularizedLossSchedule(**values)
+
+
+def training_plan(schedule: RegularizedLossSchedule, image_size: int, finetune_size: int | None = None,
+                  finetune_epochs: int = 0, negatives: bool = False) -> list[EpochPlan]:
+    """Every epoch of one class model: ``schedule`` at ``image_size``, then ``finetune_epochs`` normal-stage
+    epochs at ``finetune_size`` (the weights transferred to larger images), with the negative loss when
+    ``negatives`` (and the schedule has a negative stage) - as the epochs just before them."""
+    if finetune_epochs < 0:
+        raise ValueError(f"finetune_epochs must be >= 0, got {finetune_epochs}")
+    if finetune_epochs and finetune_size is None:
+        raise ValueError("finetune_size is required when finetune_epochs > 0")
+    with_negatives = negatives and schedule.negative_epochs > 0
+    plan = [EpochPlan(p, image_size, p.stage == "negative") for p in schedule.stages()]
+    for _ in range(finetune_epochs):
+        stage = StageParams("negative" if with_negatives else "normal", len(plan), schedule.sigma_end,
+                            schedule.normal_lambda_reg, schedule.lambda_v, schedule.lambda_p,
+                            schedule.lambda_neg if with_negatives else 0.0)
+        plan.append(EpochPlan(stage, int(finetune_size), with_negatives, "finetune"))
+    if not plan:
+        raise ValueError("the training plan has no epoch: set some normal_epochs (or annealing/finetune epochs)")
+    return plan
+
+
+# --- the step ---------------------------------------------------------------------------------------------
+
+class RegularizedStep:
+    """Trainer step (model, batch, epoch) -> loss for the complete loss (Eq. 6, + Eq. 7 on ``batch["negative"]``)
+    at ``plan[epoch]``; :meth:`epoch_metrics` gives (and resets) the epoch's mean of every term."""
+
+    def __init__(self, plan: Sequence[EpochPlan], loss: CompleteRegularizedLoss | None = None) -> None:
+        self.plan = list(plan)
+        self.loss = loss if loss is not None else CompleteRegularizedLoss()
+        self._sums: dict[str, float] = {}
+        self._count = 0
+
+    def __call__(self, model: torch.nn.Module, batch: Mapping[str, Tensor], epoch: int) -> Tensor:
+        self.loss.set_stage(self.plan[epoch].stage)
+        images = batch["image"]
+        negative = batch.get("negative")
+        if negative is not None and not bool(negative.any()):
+            negative = None
+        terms = self.loss.terms(model(images), loss_image(images), negative)
+        for name in TERMS:
+            self._sums[name] = self._sums.get(name, 0.0) + float(getattr(terms, name).detach())
+        self._count += 1
+        return terms.total
+
+    def epoch_metrics(self, epoch: int) -> dict[str, float]:
+        out = {f"loss_{name}": self._sums.get(name, 0.0) / max(self._count, 1) for name in TERMS}
+        self._sums, self._count = {}, 0
+        return {**out, **self.plan[epoch].metrics()}
+
+
+# --- weight transfer --------------------------------------------------------------------------------------
+
+def transfer_weights(model: SegmentationModel, source: SegmentationModel, where: str) -> None:
+    """Copy ``source``'s weights into ``model`` (the init_from transfer); the architectures must match."""
+    for key in ARCH_KEYS:
+        ours, theirs = model.config.get(key), source.config.get(key)
+        if ours != theirs:
+            raise ValueError(f"{where}: init model has {key}={theirs!r}, but train_single.model builds "
+                             f"{key}={ours!r}; retrain models/single/init with the same model params")
+    model.load_state_dict(source.state_dict())
