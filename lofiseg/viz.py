@@ -169,3 +169,10 @@ def save_png(path: str | os.PathLike, array: np.ndarray) -> Path:
         raise ValueError(f"save_png needs a (H, W) or (H, W, 3|4) uint8 array, got shape {array.shape} "
                          f"dtype {array.dtype}")
     return atomic_write_bytes(path, encode_png(array))
+
+
+def random_colours(labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """(H, W, 3) uint8: each label in a random colour (fixed by ``seed``), ignore (255) white."""
+    palette = np.random.default_rng(seed).integers(30, 256, size=(int(labels.max()) + 1, 3), dtype=np.uint8)
+    palette[np.arange(len(palette)) == 255] = 255
+    return palette[labels]

@@ -1,4 +1,5 @@
-"""The papers' losses: CE, class-agnostic CE and CAS (Sharma et al.), regularized losses (Veksler).
+"""The papers' losses: CE, class-agnostic CE and CAS (Sharma et al.), regularized losses (Veksler), the
+projective-sphere embedding losses (Dille et al.) and the discriminative loss (De Brabandere et al.).
 
 All losses take logits ``(B, M, H, W)`` and apply the softmax inside, unless their name ends in
 ``_from_probs`` / ``_from_foreground``. Masks are ``(B, H, W)`` integer label maps with 255 = ignore.
@@ -29,6 +30,24 @@ from lofiseg.losses.dense_crf_loss import (
     dense_crf_loss,
     dense_crf_loss_from_foreground,
     dense_crf_weights,
+)
+from lofiseg.losses.discriminative import (
+    DiscriminativeLoss,
+    DiscriminativeTerms,
+    discriminative_loss,
+    discriminative_terms,
+)
+from lofiseg.losses.embedding import (
+    EntityIndex,
+    ProjectiveLoss,
+    ProjectiveTerms,
+    ProjectiveWeights,
+    entity_index,
+    erode_labels,
+    projective_loss,
+    projective_terms,
+    target_lines,
+    top_eigenvector,
 )
 from lofiseg.losses.regularized import (
     DEFAULT_SIGMA,
@@ -78,8 +97,14 @@ __all__ = [
     "CompleteRegularizedLoss",
     "CrossEntropyLoss",
     "DenseCRFLoss",
+    "DiscriminativeLoss",
+    "DiscriminativeTerms",
+    "EntityIndex",
     "NegativeLoss",
     "PositionalLoss",
+    "ProjectiveLoss",
+    "ProjectiveTerms",
+    "ProjectiveWeights",
     "RegularizedLossSchedule",
     "RegularizedLossTerms",
     "SparseCRFLoss",
@@ -100,13 +125,21 @@ __all__ = [
     "dense_crf_loss",
     "dense_crf_loss_from_foreground",
     "dense_crf_weights",
+    "discriminative_loss",
+    "discriminative_terms",
     "edge_weights",
+    "entity_index",
+    "erode_labels",
     "foreground_probability",
     "negative_loss",
     "positional_loss",
+    "projective_loss",
+    "projective_terms",
     "sigma_schedule",
     "sparse_crf_loss",
     "sparse_crf_loss_from_foreground",
+    "target_lines",
+    "top_eigenvector",
     "volumetric_loss",
     "zero_loss",
 ]

@@ -1,0 +1,195 @@
+"""From a region model's per-pixel descriptors to a label map, and the region metrics of a set of label maps.
+
+One routine per method (``cas``, ``ce``, ``projective``, ``discriminative``), then the same post-processing
+for all of them, so that a difference in the table comes from the learned descriptors:
+
+* cas, ce (softmax over M channels): argmax over channels (M <= 20 regions; the CAS supplement E's "cluster
+  the descriptors into 20 regions"), or ``clustering="kmeans"``: k-means of the softmax vectors into
+  ``max_regions`` clusters (:func:`lofiseg.crf.cluster_descriptors`).
+* projective: mean-shift on the projective sphere, 45-degree flat kernel (Dille et al. Sec. 4,
+  :mod:`lofiseg.meanshift`), at most ``max_regions`` densest modes; optional multi-resolution refinement
+  (``scales`` e.g. (1.0, 2.0): the image is also run up-sampled, clustered, and merged coarse to fine).
+* discriminative: Euclidean mean-shift with bandwidth ``delta_d`` (De Brabandere et al.: converged clusters
+  lie within delta_v of centres 2 delta_d apart), at most ``max_regions`` modes.
+* then (CAS supplement E): regions under ``min_area_fraction`` of the image are absorbed by their
+  neighbours with the dense CRF (:func:`lofiseg.crf.merge_small_regions`); 0 turns it off.
+
+:class:`RegionEvaluator` pools the seven numbers of ``metrics/regions.json``: BSDS covering, probabilistic
+Rand index, variation of information and boundary F (one candidate per image, so ODS = OIS), and Dille et
+al.'s recall at IoU > 0.5, mIoU of matched segments and boundary IoU.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from lofiseg.crf import CRFParams, cluster_descriptors, merge_small_regions
+from lofiseg.heads import descriptor_kind, descriptor_model
+from lofiseg.losses.discriminative import DELTA_D
+from lofiseg.meanshift import cosine_threshold, mean_shift, refine_multiresolution
+from lofiseg.metrics.agnostic import AgnosticMeter
+from lofiseg.metrics.regions import RegionMeter
+
+if TYPE_CHECKING:
+    from lofiseg.config import TrainRegionsParams
+
+METRIC_KEYS = ("covering", "rand_index", "vi", "boundary_f", "recall50", "miou_matched", "boundary_iou")
+
+
+@dataclass(frozen=True)
+class RegionSettings:
+    """Inference settings shared by every method (params ``train_regions``), see the module docstring."""
+
+    max_regions: int = 20
+    min_area_fraction: float = 0.02
+    bandwidth_degrees: float = 45.0
+    embedding_bandwidth: float = DELTA_D  # discriminative: mean-shift radius delta_d
+    clustering: Literal["argmax", "kmeans"] = "argmax"  # cas / ce
+    scales: tuple[float, ...] = (1.0,)  # projective / discriminative multi-resolution refinement
+    max_points: int = 4096  # mean-shift subsample
+    seed: int = 0
+    crf: CRFParams = field(default_factory=CRFParams)
+
+    def __post_init__(self) -> None:
+        if self.max_regions < 1:
+            raise ValueError(f"max_regions must be >= 1, got {self.max_regions}")
+        if not 0.0 <= self.min_area_fraction < 1.0:
+            raise ValueError(f"min_area_fraction must lie in [0, 1), got {self.min_area_fraction}")
+        if self.clustering not in ("argmax", "kmeans"):
+            raise ValueError(f"clustering must be 'argmax' or 'kmeans', got {self.clustering!r}")
+        if not self.scales or any(not s > 0 for s in self.scales) or list(self.scales) != sorted(self.scales):
+            raise ValueError(f"scales must be increasing positive factors, got {self.scales}")
+        cosine_threshold(self.bandwidth_degrees)  # checks the angle
+
+
+@torch.no_grad()
+def predict_descriptors(model: torch.nn.Module, images: torch.Tensor, method: str, batch_size: int = 32,
+                        device: torch.device | str = "cpu", scale: float = 1.0) -> torch.Tensor:
+    """Descriptors (N, D, S', S') on the CPU of uint8 images (N, 3, S, S); ``scale`` resizes the input first."""
+    head = descriptor_model(model, method).to(device)
+    was_training = model.training
+    head.eval()
+    out = []
+    for start in range(0, images.shape[0], batch_size):
+        batch = images[start:start + batch_size].to(device).float().div(255.0)
+        if scale != 1.0:
+            size = max(8, int(round(batch.shape[-1] * scale)))
+            batch = F.interpolate(batch, size=(size, size), mode="bilinear", align_corners=False)
+        out.append(head(batch).float().cpu())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def cluster(method: str, descriptors: torch.Tensor, settings: RegionSettings) -> np.ndarray:
+    """Label map (H, W) int64 of one image's descriptors (D, H, W), before the small-region merge."""
+    kind = descriptor_kind(method)
+    height, width = descriptors.shape[-2:]
+    if kind == "softmax":
+        if settings.clustering == "argmax":
+            labels = descriptors.argmax(0).numpy()
+            return np.unique(labels, return_inverse=True)[1].reshape(height, width).astype(np.int64)
+        return cluster_descriptors(descriptors.numpy().astype(np.float64), settings.max_regions, settings.seed)
+    points = descriptors.reshape(descriptors.shape[0], -1).T
+    if kind == "projective":
+        bandwidth, shift_kind = cosine_threshold(settings.bandwidth_degrees), "projective"
+    else:
+        bandwidth, shift_kind = settings.embedding_bandwidth, "euclidean"
+    result = mean_shift(points, bandwidth, kind=shift_kind, max_points=settings.max_points,
+                        max_clusters=settings.max_regions, seed=settings.seed)
+    return result.labels.reshape(height, width).numpy().astype(np.int64)
+
+
+def _resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    if image.shape[:2] == shape:
+        return image
+    tensor = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    resized = F.interpolate(tensor, size=shape, mode="bilinear", align_corners=False)
+    return resized[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def segment(method: str, image: np.ndarray, descriptors: Sequence[torch.Tensor],
+            settings: RegionSettings) -> np.ndarray:
+    """Regions (H, W) int64 of one image from its descriptors at each of ``settings.scales`` (coarse first).
+
+    ``image`` uint8 (H, W, 3) at any size: the small-region CRF runs at the finest descriptors' resolution.
+    """
+    if len(descriptors) != len(settings.scales):
+        raise ValueError(f"need descriptors at {len(settings.scales)} scales {settings.scales}, "
+                         f"got {len(descriptors)}")
+    levels = [cluster(method, d, settings) for d in descriptors]
+    labels = refine_multiresolution(levels) if len(levels) > 1 else levels[0]
+    if settings.min_area_fraction > 0:
+        labels = merge_small_regions(_resize_image(image, labels.shape), labels, settings.min_area_fraction,
+                                     crf=settings.crf)
+    return labels
+
+
+def segment_images(model: torch.nn.Module, method: str, images: torch.Tensor, settings: RegionSettings,
+                   batch_size: int = 32, device: torch.device | str = "cpu", desc: str = "segment") -> list[np.ndarray]:
+    """Label maps of uint8 images (N, 3, S, S) at the model's input size S (before any resize to ground truth)."""
+    per_scale = [predict_descriptors(model, images, method, batch_size, device, scale) for scale in settings.scales]
+    rgb = images.permute(0, 2, 3, 1).numpy()
+    return [segment(method, rgb[i], [d[i] for d in per_scale], settings)
+            for i in tqdm(range(images.shape[0]), desc=desc, unit="img", leave=False, file=sys.stderr)]
+
+
+def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a label map to the ground truth's (H, W)."""
+    if labels.shape == shape:
+        return labels
+    rows = (np.arange(shape[0]) * labels.shape[0]) // shape[0]
+    cols = (np.arange(shape[1]) * labels.shape[1]) // shape[1]
+    return labels[rows[:, None], cols[None, :]]
+
+
+class RegionEvaluator:
+    """The seven region metrics over a data set (keys :data:`METRIC_KEYS`).
+
+    ``update(pred, gts)``: one label map and its ground truth(s) (BSDS: several human segmentations; the region
+    metrics use all of them, the segment metrics the first). Every ground-truth id is a segment (no background).
+    """
+
+    def __init__(self) -> None:
+        self.regions = RegionMeter()
+        self.segments = AgnosticMeter()
+
+    @property
+    def num_images(self) -> int:
+        return self.regions.num_images
+
+    def update(self, pred: np.ndarray, gts: Sequence[np.ndarray]) -> None:
+        if not gts:
+            raise ValueError("gts must hold at least one ground-truth map")
+        pred = resize_labels(pred, gts[0].shape)
+        self.regions.update(pred, list(gts))
+        self.segments.update(pred, gts[0])
+
+    def compute(self) -> dict[str, float]:
+        regions = self.regions.compute()
+        segments = self.segments.compute()
+        scores = {
+            "covering": regions["covering_ods"],
+            "rand_index": regions["pri_ods"],
+            "vi": regions["vi_ods"],
+            "boundary_f": regions["boundary_f_ods"],
+            "recall50": segments["recall"],
+            "miou_matched": segments["miou"],
+            "boundary_iou": segments["boundary_iou"],
+        }
+        return {k: (float(v) if math.isfinite(v) else float("nan")) for k, v in scores.items()}
+
+
+def inference_settings(cfg: TrainRegionsParams, seed: int, info: dict | None = None) -> RegionSettings:
+    """The params' inference settings; the discriminative bandwidth is the trained model's delta_d."""
+    extra = {"embedding_bandwidth": float(info["delta_d"])} if info and "delta_d" in info else {}
+    return RegionSettings(max_regions=cfg.max_regions, min_area_fraction=cfg.min_area_fraction,
+                          bandwidth_degrees=cfg.bandwidth_degrees, seed=seed, **extra)
