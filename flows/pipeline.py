@@ -7,20 +7,22 @@ concurrent stages never contend for DVC's lock or write its cache at the same ti
 date are skipped. Parameter overrides run as a DVC experiment (``dvc exp run --set-param``), so the result is
 versioned.
 
-    python -m flows.pipeline                      # the whole DAG
-    python -m flows.pipeline --target evaluate    # one stage and what it needs
-    python -m flows.pipeline -S train_saliency.epochs=20
+    python -m flows.pipeline                                # the whole DAG
+    python -m flows.pipeline --target evaluate_saliency     # one stage and what it needs
+    python -m flows.pipeline -S train_saliency.epochs=20    # a DVC experiment (--target, --name too)
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -34,6 +36,15 @@ NETWORK_STAGES = ("download",)  # stages that fetch over the network get retries
 STAGE_TIMEOUT_S = 6 * 3600
 
 
+def stage_env(flow_run_id: str) -> dict[str, str]:
+    """The environment of stage commands: this interpreter's bin first on PATH (``python -m stages.X`` must
+    find the project's Python without an activated venv), and the flow run id for the MLflow tags."""
+    env = dict(os.environ)
+    env[ORCHESTRATOR_ENV] = flow_run_id
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
 @task(task_run_name="{stage.name}")
 def run_stage(repo: str, stage: Stage, flow_run_id: str) -> str:
     """Run one stage's command as dvc repro would: declared outputs removed first, output streamed to logs."""
@@ -44,12 +55,9 @@ def run_stage(repo: str, stage: Stage, flow_run_id: str) -> str:
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
             path.unlink()
-    env = dict(os.environ)
-    env[ORCHESTRATOR_ENV] = flow_run_id
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     logger.info("$ %s", stage.cmd)
-    proc = subprocess.run(stage.cmd, shell=True, cwd=repo, env=env, capture_output=True, text=True,
-                          timeout=STAGE_TIMEOUT_S)
+    proc = subprocess.run(stage.cmd, shell=True, cwd=repo, env=stage_env(flow_run_id), capture_output=True,
+                          text=True, timeout=STAGE_TIMEOUT_S)
     for line in proc.stdout.splitlines()[-20:]:
         logger.info(line)
     if proc.returncode != 0:
@@ -57,11 +65,37 @@ def run_stage(repo: str, stage: Stage, flow_run_id: str) -> str:
     return stage.name
 
 
-@task
-def experiment(repo: str, overrides: list[str]) -> str:
-    """Run the whole pipeline as a DVC experiment with params overrides; returns DVC's output."""
-    args = ["exp", "run"] + [arg for item in overrides for arg in ("--set-param", item)]
-    return dvc_command(repo, *args, timeout=STAGE_TIMEOUT_S).stdout
+def check_overrides(overrides: Sequence[str]) -> list[str]:
+    """``key=value`` items (``file:key=value`` for another params file), as ``dvc exp run -S`` takes them."""
+    if isinstance(overrides, str):
+        raise TypeError(f"overrides: expected a list of key=value strings, got the string {overrides!r}")
+    bad = [item for item in overrides if not isinstance(item, str) or "=" not in item or item.startswith("=")]
+    if bad:
+        raise ValueError(f"overrides: expected key=value items (e.g. train_saliency.epochs=20), got {bad}")
+    return list(overrides)
+
+
+@task(timeout_seconds=STAGE_TIMEOUT_S)
+def experiment(repo: str, overrides: list[str], targets: list[str] | None, flow_run_id: str,
+               name: str | None = None) -> dict[str, Any]:
+    """``dvc exp run --set-param ...`` on ``targets`` (default: the whole DAG) and what they need; DVC runs
+    the stale stages one by one and records the result as an experiment. Returns its name and the stages
+    that ran or were skipped."""
+    logger = get_run_logger()
+    dvc = Path(sys.executable).with_name("dvc")
+    cmd = [str(dvc) if dvc.exists() else "dvc", "exp", "run", *(["--name", name] if name else []),
+           *[arg for item in overrides for arg in ("--set-param", item)], *(targets or [])]
+    logger.info("$ %s", " ".join(cmd))
+    proc = subprocess.run(cmd, cwd=repo, env=stage_env(flow_run_id), capture_output=True, text=True,
+                          timeout=STAGE_TIMEOUT_S)
+    for line in proc.stdout.splitlines()[-40:]:
+        logger.info(line)
+    if proc.returncode != 0:
+        raise RuntimeError(f"dvc exp run failed ({proc.returncode}) in {repo}:\n{proc.stderr[-3000:]}")
+    ran = re.search(r"Ran experiment\(s\): (\S+)", proc.stdout)
+    return {"experiment": ran.group(1) if ran else name,
+            "ran": re.findall(r"^Running stage '([^']+)'", proc.stdout, flags=re.M),
+            "skipped": re.findall(r"^Stage '([^']+)' didn't change, skipping", proc.stdout, flags=re.M)}
 
 
 def link_mlflow_runs(flow_run_id: str) -> list[dict[str, str]]:
@@ -75,15 +109,20 @@ def link_mlflow_runs(flow_run_id: str) -> list[dict[str, str]]:
 
 @flow(name="lofiseg-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
 def pipeline(repo: str = ".", targets: list[str] | None = None, overrides: list[str] | None = None,
-             max_parallel: int = 2) -> dict[str, list]:
+             max_parallel: int = 2, experiment_name: str | None = None) -> dict[str, Any]:
     """Bring the DAG (or ``targets`` and what they need) up to date; returns what ran, what was skipped
-    and the MLflow runs produced."""
+    and the MLflow runs produced. With ``overrides`` the run is a DVC experiment (named ``experiment_name``
+    or by DVC), and its name is returned under ``experiment``."""
     logger = get_run_logger()
     repo = os.fspath(Path(repo).resolve())
     run_id = flow_run.get_id() or "local"
     if overrides:
-        logger.info("%s", experiment(repo, list(overrides)))
-        return {"ran": ["dvc exp run"], "skipped": [], "mlflow_runs": link_mlflow_runs(run_id)}
+        if targets:
+            waves(read_dag(repo), targets)  # unknown targets fail here, naming the stages dvc.yaml has
+        result = experiment(repo, check_overrides(overrides), targets, run_id, experiment_name)
+        logger.info("experiment %s: ran %s, up to date %s", result["experiment"], result["ran"],
+                    result["skipped"])
+        return {**result, "mlflow_runs": link_mlflow_runs(run_id)}
     stages = read_dag(repo)
     ran, skipped = [], []
     for layer in waves(stages, targets):
@@ -111,9 +150,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("-S", "--set-param", action="append", dest="overrides",
                         help="params override (runs a DVC experiment), e.g. train_saliency.epochs=20")
     parser.add_argument("--max-parallel", type=int, default=2, help="stages run at once within a wave")
+    parser.add_argument("--name", dest="experiment_name", help="name of the DVC experiment (with -S)")
     args = parser.parse_args(argv)
-    result = pipeline(args.repo, args.targets, args.overrides, args.max_parallel)
-    print(f"ran {len(result['ran'])}, up to date {len(result['skipped'])}, "
+    result = pipeline(args.repo, args.targets, args.overrides, args.max_parallel, args.experiment_name)
+    print((f"DVC experiment {result['experiment']}: " if result.get("experiment") else "")
+          + f"ran {len(result['ran'])}, up to date {len(result['skipped'])}, "
           f"MLflow runs {len(result['mlflow_runs'])}")
 
 

@@ -9,7 +9,8 @@ and after ``kill -9`` the run id kept in the training checkpoint resumes the ver
 
 Default store: a sqlite database ``<repo>/mlflow.db`` and artifacts in ``<repo>/mlartifacts`` (both
 git-ignored); ``MLFLOW_TRACKING_URI`` overrides the database, ``MLFLOW_ARTIFACT_ROOT`` (lofiseg's own
-variable, MLflow has none) the artifact root. mlflow and torch are imported lazily, so importing this module,
+variable, MLflow has none) the artifact root; an ``s3://`` root (any S3-compatible store: ``MLFLOW_S3_ENDPOINT_URL``)
+is checked before the run starts, like the store. mlflow and torch are imported lazily, so importing this module,
 :func:`git_commit` and :func:`dvc_hashes` stay cheap.
 """
 
@@ -472,6 +473,106 @@ def runs_with_tag(key: str, value: str, *, uri: str | None = None) -> list[dict[
              "status": r.info.status} for r in runs]
 
 
+# --- reading runs back (for comparisons) ------------------------------------------------------------------
+
+def _run_record(client: MlflowClient, run: Any, curves: bool) -> dict[str, Any]:
+    """One run as plain data: the metrics are MLflow's latest values; ``curves`` holds the histories of the
+    metrics logged at more than one step, as sorted (step, value) pairs."""
+    histories: dict[str, list[tuple[int, float]]] = {}
+    if curves:
+        for key in sorted(run.data.metrics):
+            points = sorted((int(m.step), float(m.value)) for m in client.get_metric_history(run.info.run_id, key))
+            if len({step for step, _ in points}) > 1:
+                histories[key] = points
+    return {"run_id": run.info.run_id, "name": run.info.run_name or run.info.run_id[:8],
+            "experiment_id": run.info.experiment_id, "status": run.info.status,
+            "start_time": run.info.start_time, "params": dict(run.data.params),
+            "metrics": {k: float(v) for k, v in run.data.metrics.items()}, "tags": dict(run.data.tags),
+            "curves": histories}
+
+
+def runs_by_id(run_ids: Sequence[str], *, uri: str | None = None, curves: bool = True) -> list[dict[str, Any]]:
+    """The runs ``run_ids``, in that order, as dicts: run_id, name, experiment_id, status, start_time,
+    params, metrics (latest values), tags and curves (metric histories, see :func:`experiment_runs`)."""
+    if isinstance(run_ids, str) or not run_ids:
+        raise ValueError(f"run_ids: expected a non-empty list of MLflow run ids, got {run_ids!r}")
+    uri = uri or default_tracking_uri(Path.cwd())
+    check_store(uri)
+    client = _client(uri)
+    from mlflow.exceptions import MlflowException
+
+    records = []
+    for run_id in run_ids:
+        try:
+            run = client.get_run(_check_name("run_ids", run_id))
+        except MlflowException as err:
+            raise ValueError(f"run_ids: no MLflow run {run_id!r} in the store {uri!r}") from err
+        records.append(_run_record(client, run, curves))
+    return records
+
+
+def experiment_runs(experiment: str, *, uri: str | None = None, curves: bool = True,
+                    statuses: Sequence[str] | None = ("FINISHED",)) -> list[dict[str, Any]]:
+    """The active runs of ``experiment`` (oldest first) as dicts like :func:`runs_by_id`; only those whose
+    status is in ``statuses`` (default FINISHED; None = every status)."""
+    _check_name("experiment", experiment)
+    uri = uri or default_tracking_uri(Path.cwd())
+    check_store(uri)
+    client = _client(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None or found.lifecycle_stage == "deleted":
+        names = sorted(e.name for e in client.search_experiments())
+        raise ValueError(f"experiment: no MLflow experiment {experiment!r} in the store {uri!r}; "
+                         f"it has {names}")
+    runs = client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"], max_results=10000)
+    wanted = None if statuses is None else {s.upper() for s in statuses}
+    return [_run_record(client, run, curves) for run in runs if wanted is None or run.info.status in wanted]
+
+
+# --- artifacts on S3 (any S3-compatible store) --------------------------------------------------------------
+
+S3_ENDPOINT_ENV = "MLFLOW_S3_ENDPOINT_URL"  # MLflow's own; boto3's AWS_ENDPOINT_URL_S3 works as well
+
+
+def check_artifact_store(artifact_location: str | None, timeout_s: float = 5.0) -> None:
+    """Raise :class:`TrackingUnavailable` if an ``s3://`` artifact location cannot be written to, within about
+    2 x ``timeout_s``; any other location (a folder, a tracking server's choice) is left to MLflow.
+
+    One HeadBucket request with the connect/read timeouts set to ``timeout_s`` and at most 2 attempts; the
+    message names the endpoint and the bucket.
+    """
+    if not artifact_location or _scheme(artifact_location) != "s3":
+        return
+    if not timeout_s > 0:
+        raise ValueError(f"timeout_s: expected a positive number of seconds, got {timeout_s!r}")
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket = artifact_location[len("s3://"):].split("/", 1)[0]
+    if not bucket:
+        raise ValueError(f"artifact_location: expected s3://<bucket>/<prefix>, got {artifact_location!r}")
+    config = Config(connect_timeout=timeout_s, read_timeout=timeout_s,
+                    retries={"total_max_attempts": 2, "mode": "standard"})
+    client = boto3.client("s3", endpoint_url=os.environ.get(S3_ENDPOINT_ENV, "").strip() or None, config=config)
+    endpoint = client.meta.endpoint_url
+    how = (f"Point {S3_ENDPOINT_ENV} (or AWS_ENDPOINT_URL_S3) at a reachable S3-compatible store with the "
+           f"bucket, fix the AWS credentials, or set {ARTIFACT_ROOT_ENV} to another location; "
+           f"`tracking.required: false` in params.yaml trains WITHOUT tracking")
+    try:
+        client.head_bucket(Bucket=bucket)
+    except ClientError as err:
+        code = str(err.response.get("Error", {}).get("Code", ""))
+        reason = {"404": f"bucket {bucket!r} does not exist", "NoSuchBucket": f"bucket {bucket!r} does not exist",
+                  "403": f"access to bucket {bucket!r} is denied (credentials?)"}.get(code, str(err))
+        raise TrackingUnavailable(f"MLflow artifact store {artifact_location!r} at S3 endpoint {endpoint} "
+                                  f"is unavailable: {reason}. {how}.") from err
+    except BotoCoreError as err:
+        raise TrackingUnavailable(f"MLflow artifact store {artifact_location!r}: no answer from S3 endpoint "
+                                  f"{endpoint} within 2 attempts of {timeout_s:g} s ({type(err).__name__}: "
+                                  f"{err}). {how}.") from err
+
+
 # --- the run ------------------------------------------------------------------------------------------------
 
 class Tracker:
@@ -527,6 +628,7 @@ class Tracker:
             return self._untracked("tracking is disabled (enabled=False)")
         try:
             check_store(self.uri, self.timeout_s)
+            check_artifact_store(self._artifact_location(), self.timeout_s)
         except TrackingUnavailable as err:
             if self.required:
                 raise
@@ -576,6 +678,15 @@ class Tracker:
     @property
     def _client(self) -> MlflowClient:
         return _client(self.uri)
+
+    def _artifact_location(self) -> str | None:
+        """Where this run's artifacts will go: the experiment's location, or the one it will be created with."""
+        experiment = self._client.get_experiment_by_name(self.experiment)
+        if experiment is not None:
+            return experiment.artifact_location
+        if self.artifact_root is None:
+            return None
+        return f"{self.artifact_root.rstrip('/')}/{_safe_name(self.experiment)}"
 
     def _experiment(self, client: MlflowClient) -> str:
         experiment = client.get_experiment_by_name(self.experiment)
