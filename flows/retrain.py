@@ -23,7 +23,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.schedules import Cron
 
-from flows.dag import dvc_command, read_dag
+from flows.dag import dvc_command, read_dag, waves
 from flows.pipeline import pipeline, run_stage
 from lofiseg.config import load_params
 from lofiseg.reports import markdown_table
@@ -81,8 +81,12 @@ def retrain(repo: str = ".", remote: str | None = None, push: bool | None = None
         logger.info("%s", dvc_pull(repo, remote))
     else:
         logger.warning("no DVC remote configured: nothing to pull or push (see README, 'Operations')")
-    if refresh_web:
-        stages = read_dag(repo)
+    stages = read_dag(repo)
+    needed = {name for wave in waves(stages, targets) for name in wave}
+    if refresh_web and "web" in needed:  # whatever DVC thinks: new URLs or S3 objects appear upstream of it
+        upstream = sorted(stages["web"].upstream)
+        if upstream:
+            pipeline(repo, upstream)
         run_stage(repo, stages["web"], flow_run.get_id() or "local")
         record(repo, "web")
     result = pipeline(repo, targets)
