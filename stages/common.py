@@ -23,6 +23,17 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def flatten_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """A metrics JSON as MLflow metrics: nested keys joined with dots, numbers only (names, lists, nulls skipped)."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            out.update(flatten_metrics(value, f"{prefix}{key}."))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[f"{prefix}{key}"] = float(value)
+    return out
+
+
 def stage_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")

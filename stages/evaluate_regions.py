@@ -33,7 +33,7 @@ from lofiseg.region_inference import RegionEvaluator, inference_settings, resize
 from lofiseg.reports import markdown_table
 from lofiseg.tracking import Tracker, standard_tags
 from lofiseg.viz import image_grid, random_colours, save_png
-from stages.common import log, run, stage_parser
+from stages.common import flatten_metrics, log, run, stage_parser
 
 
 def ground_truths(dataset: Dataset, record: Record) -> list[np.ndarray]:
@@ -129,13 +129,6 @@ def evaluate_regions(params: Params, models_root: Path, raw: Path, metrics_path:
     return metrics, files
 
 
-def flatten(metrics: dict, prefix: str = "") -> dict[str, float]:
-    out: dict[str, float] = {}
-    for key, value in metrics.items():
-        name = f"{prefix}{key}"
-        out.update(flatten(value, name + ".") if isinstance(value, dict) else {name: value})
-    return out
-
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser(__doc__.splitlines()[0])
@@ -149,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     with Tracker(f"{params.tracking.experiment_prefix}-evaluation", "evaluate_regions", tags=tags,
                  enabled=params.tracking.enabled, required=params.tracking.required) as tracker:
         metrics, files = evaluate_regions(params, args.models, args.raw, args.metrics / "regions.json", args.report)
-        tracker.log_metrics({k: v for k, v in flatten(metrics, "regions.").items() if np.isfinite(v)}, step=0)
+        tracker.log_metrics({k: v for k, v in flatten_metrics(metrics, "regions.").items() if np.isfinite(v)}, step=0)
         for file in files:
             tracker.log_artifact(file, "regions")
 

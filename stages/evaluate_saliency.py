@@ -27,7 +27,7 @@ from lofiseg.metrics.saliency import SaliencyMeter
 from lofiseg.reports import lines_figure, markdown_table, save_figure
 from lofiseg.tracking import Tracker, standard_tags
 from lofiseg.viz import colorize_labels, image_grid, save_png
-from stages.common import log, run, stage_parser
+from stages.common import flatten_metrics, log, run, stage_parser
 
 SALIENCY_KEYS = ("fbeta_adaptive", "fbeta_weighted", "fbeta_max", "mae")
 
@@ -110,13 +110,6 @@ def evaluate_saliency(params: Params, models_root: Path, raw: Path, noisy_root: 
     return metrics, files
 
 
-def flatten(metrics: dict, prefix: str = "") -> dict[str, float]:
-    out: dict[str, float] = {}
-    for key, value in metrics.items():
-        name = f"{prefix}{key}"
-        out.update(flatten(value, name + ".") if isinstance(value, dict) else {name: value})
-    return out
-
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser(__doc__.splitlines()[0])
@@ -132,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                  enabled=params.tracking.enabled, required=params.tracking.required) as tracker:
         metrics, files = evaluate_saliency(params, args.saliency_models, args.raw, args.noisy,
                                            args.metrics / "saliency.json", args.report)
-        tracker.log_metrics(flatten(metrics, "saliency."), step=0)
+        tracker.log_metrics(flatten_metrics(metrics, "saliency."), step=0)
         for file in files:
             tracker.log_artifact(file, "saliency" if file.parent.name != "plots" else "saliency/plots")
 

@@ -31,7 +31,7 @@ from lofiseg.metrics.semantic import ConfusionMeter
 from lofiseg.reports import bars_figure, markdown_table, save_figure
 from lofiseg.tracking import Tracker, standard_tags
 from lofiseg.viz import colorize_labels, image_grid, save_png
-from stages.common import log, run, stage_parser
+from stages.common import flatten_metrics, log, run, stage_parser
 
 SUPERVISIONS = ("pseudo", "gt")
 
@@ -173,15 +173,6 @@ def pseudo_grid(params: Params, web: Dataset, pseudo: Dataset) -> np.ndarray:
     return image_grid(rows, row_titles=titles, col_titles=["web image", "truth (unused)", "pseudo label"])
 
 
-def flatten(metrics: dict, prefix: str = "") -> dict[str, float]:
-    out: dict[str, float] = {}
-    for key, value in metrics.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            out[f"{prefix}{key}"] = float(value)
-    return out
-
 
 def evaluate(params: Params, raw: Path, web_root: Path, pseudo_root: Path, single_models: Path,
              deeplab_models: Path, metrics_path: Path, report: Path) -> tuple[dict, list[Path]]:
@@ -239,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                  enabled=params.tracking.enabled, required=params.tracking.required) as tracker:
         metrics, files = evaluate(params, args.raw, args.web, args.pseudo, args.single_models, args.deeplab_models,
                                   args.metrics / "semantic.json", args.report)
-        tracker.log_metrics(flatten({k: v for k, v in metrics.items() if k != "classes"}, "semantic."), step=0)
+        tracker.log_metrics(flatten_metrics(metrics, "semantic."), step=0)
         for file in files:
             tracker.log_artifact(file, "semantic")
 
