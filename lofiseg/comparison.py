@@ -6,9 +6,10 @@ DVC experiments); the output is markdown, a self-contained HTML page (images emb
 
 Which value is best: LOWER for a metric whose name has a word (split at any non-letter) equal to ``mae`` or
 ``vi`` (variation of information) or containing ``loss``, e.g. ``train_loss``, ``saliency.cas.0.5.mae``,
-``regions.vi``; HIGHER for every other metric (F-beta, IoU, accuracy...). Short words match whole words only,
-so ``device`` or ``video`` are not "vi". A best value is bolded only where at least two runs have the metric;
-ties are all bolded.
+``regions.vi``; NEITHER for a setting logged as a metric so its schedule is visible (a word ``sigma``, ``lambda``,
+``lr``, ``epoch`` or ``size``: Eq. 8's sigma, the loss weights, ``image_size``); HIGHER for every other metric
+(F-beta, IoU, accuracy...). Short words match whole words only, so ``device`` or ``video`` are not "vi". A best
+value is bolded only where at least two runs have the metric; ties are all bolded; settings are never ranked.
 """
 
 from __future__ import annotations
@@ -27,14 +28,28 @@ from lofiseg.atomic import atomic_dir, atomic_write_text
 from lofiseg.reports import lines_figure, markdown_table, plt, save_figure
 
 MISSING = "—"
-LOWER_WORDS = ("mae", "vi")
+LOWER_WORDS = ("mae", "vi", "degenerate")
 LOWER_SUBSTRINGS = ("loss",)
+SETTING_WORDS = ("sigma", "lambda", "lr", "epoch", "size")
 
 
 def lower_is_better(metric: str) -> bool:
     """True for losses, MAE and VI (see the module docstring); False: higher is better."""
     words = [w for w in re.split(r"[^a-z]+", metric.lower()) if w]
     return any(w in LOWER_WORDS for w in words) or any(s in w for w in words for s in LOWER_SUBSTRINGS)
+
+
+def is_setting(metric: str) -> bool:
+    """A knob logged as a metric (sigma, lambda_reg, image_size...): shown, never ranked."""
+    return any(w in SETTING_WORDS for w in re.split(r"[^a-z]+", metric.lower()))
+
+
+def arrow(metric: str) -> str:
+    return "" if is_setting(metric) else " ↓" if lower_is_better(metric) else " ↑"
+
+
+def direction_text(metric: str) -> str:
+    return metric if is_setting(metric) else f"{metric} ({'lower' if lower_is_better(metric) else 'higher'} is better)"
 
 
 def check_runs(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -118,7 +133,7 @@ def best_values(runs: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     for key in sorted({k for r in runs for k in r["metrics"]}):
         values = [float(r["metrics"][key]) for r in runs if key in r["metrics"]]
         finite = [v for v in values if math.isfinite(v)]
-        if len(values) >= 2 and finite:
+        if len(values) >= 2 and finite and not is_setting(key):
             best[key] = min(finite) if lower_is_better(key) else max(finite)
     return best
 
@@ -128,7 +143,7 @@ def metrics_table(runs: Sequence[Mapping[str, Any]]) -> Table:
     runs = check_runs(runs)
     keys = sorted({k for r in runs for k in r["metrics"]})
     best = best_values(runs)
-    table = Table(["run"] + [f"{k} {'↓' if lower_is_better(k) else '↑'}" for k in keys], [])
+    table = Table(["run"] + [f"{k}{arrow(k)}" for k in keys], [])
     for i, (label, run) in enumerate(zip(run_labels(runs), runs, strict=True)):
         row = [label]
         for j, key in enumerate(keys, start=1):
@@ -160,7 +175,7 @@ def bars_figure(runs: Sequence[Mapping[str, Any]], max_panels: int = 24) -> Any 
         colors = ["#1f4e79" if key in best and v == best[key] else "#9dc3e6" for _, v in present]
         ax.barh([p[0] for p in present], [p[1] for p in present], color=colors)
         ax.invert_yaxis()
-        ax.set_title(f"{key} ({'lower' if lower_is_better(key) else 'higher'} is better)", fontsize=8)
+        ax.set_title(direction_text(key), fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(axis="x", alpha=0.3)
     for ax in list(axes.flat)[len(keys):]:
@@ -177,8 +192,7 @@ def curve_figures(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     for key in sorted({k for r in runs for k in r["curves"]}):
         series = {label: [(float(s), float(v)) for s, v in r["curves"][key]]
                   for label, r in zip(labels, runs, strict=True) if r["curves"].get(key)}
-        figures[key] = lines_figure(series, "step (epoch)", key,
-                                    f"{key} ({'lower' if lower_is_better(key) else 'higher'} is better)")
+        figures[key] = lines_figure(series, "step (epoch)", key, direction_text(key))
     return figures
 
 
@@ -214,7 +228,7 @@ def build_report(runs: Sequence[Mapping[str, Any]], title: str = "Run comparison
 
 def _direction_note() -> str:
     return ("Best value per column in bold: ↓ lower is better (losses, MAE, VI), ↑ higher is better "
-            "(everything else).")
+            "(everything else); columns without an arrow are settings (sigma, lambdas, sizes), not ranked.")
 
 
 def render_markdown(report: Report, images: Sequence[str]) -> str:

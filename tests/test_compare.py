@@ -12,7 +12,7 @@ import yaml
 
 from commands import compare
 from lofiseg import comparison, tracking
-from lofiseg.comparison import lower_is_better
+from lofiseg.comparison import best_values, is_setting, lower_is_better
 from lofiseg.tracking import Tracker
 from tests.pipeline_repo import make_repo, run
 
@@ -71,6 +71,12 @@ def test_direction_of_metrics() -> None:
     higher = ["val_fbeta", "miou", "fbeta_adaptive", "device_count", "video_acc", "maes_score", "vis"]
     assert [lower_is_better(m) for m in lower] == [True] * len(lower)
     assert [lower_is_better(m) for m in higher] == [False] * len(higher)
+    settings = ["sigma", "lambda_reg", "image_size", "lr", "epoch"]
+    assert [is_setting(m) for m in settings] == [True] * len(settings)
+    assert not any(is_setting(m) for m in lower + higher + ["images_per_s", "resize_ms"])
+    runs = [{"run_id": str(i), "name": str(i), "params": {}, "metrics": {"sigma": s, "miou": m}, "curves": {}}
+            for i, (s, m) in enumerate([(0.05, 0.4), (0.15, 0.6)])]
+    assert best_values(runs) == {"miou": 0.6}  # sigma is shown, never ranked
 
 
 def test_runs_read_back_with_params_metrics_and_curves(store) -> None:
