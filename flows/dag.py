@@ -9,6 +9,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from lofiseg.tracking import ORCHESTRATOR_ENV
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -18,20 +20,28 @@ class Stage:
     upstream: frozenset[str]
 
 
+def address(stage, root: Path) -> str:
+    """DVC's name of a stage as seen from the repository root (``stage.addressing`` is relative to the
+    process's working directory): ``train_single@sun``, or ``sub/dvc.yaml:name`` for a nested dvc.yaml."""
+    path = Path(stage.path)
+    return stage.name if path.parent == root else f"{path.relative_to(root).as_posix()}:{stage.name}"
+
+
 def read_dag(repo: str | os.PathLike) -> dict[str, Stage]:
     """Every stage of the repository's dvc.yaml, with ``foreach``/``matrix`` expanded by DVC."""
     from dvc.repo import Repo
 
-    with Repo(os.fspath(repo)) as dvc_repo:
+    root = Path(repo).resolve()
+    with Repo(os.fspath(root)) as dvc_repo:
         graph = dvc_repo.index.graph  # edges point from a stage to the stages it depends on
         stages = {}
         for stage in graph.nodes:
             if not getattr(stage, "cmd", None):
                 continue  # .dvc files: data, not commands
             cmd = stage.cmd if isinstance(stage.cmd, str) else " && ".join(stage.cmd)
-            upstream = frozenset(dep.addressing for dep in graph.successors(stage) if getattr(dep, "cmd", None))
-            stages[stage.addressing] = Stage(stage.addressing, cmd, tuple(str(o.def_path) for o in stage.outs),
-                                             upstream)
+            upstream = frozenset(address(dep, root) for dep in graph.successors(stage) if getattr(dep, "cmd", None))
+            stages[address(stage, root)] = Stage(address(stage, root), cmd, tuple(str(o.def_path) for o in stage.outs),
+                                                 upstream)
     return stages
 
 
@@ -62,10 +72,25 @@ def waves(stages: dict[str, Stage], targets: list[str] | None = None) -> list[li
     return layers
 
 
-def dvc_command(repo: str | os.PathLike, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def stage_env(flow_run_id: str) -> dict[str, str]:
+    """The environment of stage commands: this interpreter's bin first on PATH (``python -m stages.X`` must
+    find the project's Python without an activated venv), and the flow run id for the MLflow tags."""
+    env = dict(os.environ)
+    env[ORCHESTRATOR_ENV] = flow_run_id
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def dvc_executable() -> str:
+    """This interpreter's ``dvc`` (the project's venv), else the one on PATH."""
     dvc = Path(sys.executable).with_name("dvc")
-    proc = subprocess.run([str(dvc) if dvc.exists() else "dvc", *args], cwd=repo, capture_output=True, text=True,
-                          timeout=timeout)
+    return str(dvc) if dvc.exists() else "dvc"
+
+
+def dvc_command(repo: str | os.PathLike, *args: str, timeout: float = 600,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([dvc_executable(), *args], cwd=repo, capture_output=True, text=True, timeout=timeout,
+                          env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"dvc {' '.join(args)} failed in {repo}:\n{proc.stderr[-3000:]}")
     return proc

@@ -19,7 +19,7 @@ import os
 import re
 import shutil
 import subprocess
-import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,24 +29,17 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.dag import Stage, dvc_command, read_dag, stale, waves
-from lofiseg.tracking import ORCHESTRATOR_ENV, ORCHESTRATOR_TAG, runs_with_tag
+from flows.dag import Stage, dvc_command, dvc_executable, read_dag, stage_env, stale, waves
+from flows.dispatch import dispatch_stage, prepare_dispatch, record_worker_outputs
+from lofiseg.reports import markdown_table
+from lofiseg.tracking import ORCHESTRATOR_TAG, runs_with_tag
 
 NETWORK_STAGES = ("download",)  # stages that fetch over the network get retries
 STAGE_TIMEOUT_S = 6 * 3600
 
 
-def stage_env(flow_run_id: str) -> dict[str, str]:
-    """The environment of stage commands: this interpreter's bin first on PATH (``python -m stages.X`` must
-    find the project's Python without an activated venv), and the flow run id for the MLflow tags."""
-    env = dict(os.environ)
-    env[ORCHESTRATOR_ENV] = flow_run_id
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return env
-
-
 @task(task_run_name="{stage.name}")
-def run_stage(repo: str, stage: Stage, flow_run_id: str) -> str:
+def run_stage(repo: str, stage: Stage, flow_run_id: str) -> dict[str, Any]:
     """Run one stage's command as dvc repro would: declared outputs removed first, output streamed to logs."""
     logger = get_run_logger()
     for out in stage.outs:
@@ -56,13 +49,14 @@ def run_stage(repo: str, stage: Stage, flow_run_id: str) -> str:
         elif path.exists() or path.is_symlink():
             path.unlink()
     logger.info("$ %s", stage.cmd)
+    started = time.monotonic()
     proc = subprocess.run(stage.cmd, shell=True, cwd=repo, env=stage_env(flow_run_id), capture_output=True,
                           text=True, timeout=STAGE_TIMEOUT_S)
     for line in proc.stdout.splitlines()[-20:]:
         logger.info(line)
     if proc.returncode != 0:
         raise RuntimeError(f"stage {stage.name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return stage.name
+    return {"stage": stage.name, "where": "here", "seconds": round(time.monotonic() - started, 1)}
 
 
 def check_overrides(overrides: Sequence[str]) -> list[str]:
@@ -82,8 +76,7 @@ def experiment(repo: str, overrides: list[str], targets: list[str] | None, flow_
     the stale stages one by one and records the result as an experiment. Returns its name and the stages
     that ran or were skipped."""
     logger = get_run_logger()
-    dvc = Path(sys.executable).with_name("dvc")
-    cmd = [str(dvc) if dvc.exists() else "dvc", "exp", "run", *(["--name", name] if name else []),
+    cmd = [dvc_executable(), "exp", "run", *(["--name", name] if name else []),
            *[arg for item in overrides for arg in ("--set-param", item)], *(targets or [])]
     logger.info("$ %s", " ".join(cmd))
     proc = subprocess.run(cmd, cwd=repo, env=stage_env(flow_run_id), capture_output=True, text=True,
@@ -107,40 +100,72 @@ def link_mlflow_runs(flow_run_id: str) -> list[dict[str, str]]:
     return runs
 
 
-@flow(name="lofiseg-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
+def stage_runs_markdown(stage_runs: Sequence[dict[str, Any]], skipped: Sequence[str]) -> str:
+    """The flow run's graph as a table: wave, stage, where it ran (here or a worker's flow run), seconds."""
+    rows = [[str(r["wave"]), r["stage"], r["where"], f"{r['seconds']:.1f}"] for r in stage_runs]
+    return (markdown_table(["wave", "stage", "ran on", "seconds"], rows)
+            + f"\n\nUp to date, skipped ({len(skipped)}): {', '.join(skipped) or 'none'}\n")
+
+
+@flow(name="lofiseg-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=16), log_prints=True)
 def pipeline(repo: str = ".", targets: list[str] | None = None, overrides: list[str] | None = None,
-             max_parallel: int = 2, experiment_name: str | None = None) -> dict[str, Any]:
+             max_parallel: int = 2, experiment_name: str | None = None, workers: str | None = None,
+             remote: str | None = None) -> dict[str, Any]:
     """Bring the DAG (or ``targets`` and what they need) up to date; returns what ran, what was skipped
     and the MLflow runs produced. With ``overrides`` the run is a DVC experiment (named ``experiment_name``
-    or by DVC), and its name is returned under ``experiment``."""
+    or by DVC), and its name is returned under ``experiment``. With ``workers`` (a deployment of
+    ``flows/worker.py``, e.g. ``lofiseg-stage/stage``) the training and pseudo-label stages go to that
+    deployment's work pool, ``max_parallel`` at a time, through the DVC remote ``remote``."""
     logger = get_run_logger()
     repo = os.fspath(Path(repo).resolve())
     run_id = flow_run.get_id() or "local"
     if overrides:
+        if workers:
+            raise ValueError("overrides run as one local DVC experiment; they cannot be combined with workers")
         if targets:
             waves(read_dag(repo), targets)  # unknown targets fail here, naming the stages dvc.yaml has
         result = experiment(repo, check_overrides(overrides), targets, run_id, experiment_name)
         logger.info("experiment %s: ran %s, up to date %s", result["experiment"], result["ran"],
                     result["skipped"])
         return {**result, "mlflow_runs": link_mlflow_runs(run_id)}
+    dispatch = prepare_dispatch(repo, workers, remote) if workers else None
     stages = read_dag(repo)
-    ran, skipped = [], []
-    for layer in waves(stages, targets):
+    ran, skipped, on_workers, stage_runs = [], [], {}, []
+    for wave, layer in enumerate(waves(stages, targets), start=1):
         todo = stale(repo, layer)
         skipped += [n for n in layer if n not in todo]
-        for start in range(0, len(todo), max_parallel):
-            batch = todo[start:start + max_parallel]
+        here = [n for n in todo if not (dispatch and dispatch.wants(n))]
+        there = [n for n in todo if n not in here]
+        lock = Path(repo, "dvc.lock").read_text() if there and Path(repo, "dvc.lock").exists() else ""
+        results = []
+        jobs = there + here  # stages run max_parallel at a time, here or on workers
+        for start in range(0, len(jobs), max_parallel):
             futures = [
+                dispatch_stage.submit(dispatch, n, lock, run_id) if n in there else
                 run_stage.with_options(retries=2 if n.split("@")[0] in NETWORK_STAGES else 0,
                                        retry_delay_seconds=10, timeout_seconds=STAGE_TIMEOUT_S)
                 .submit(repo, stages[n], run_id)
-                for n in batch
+                for n in jobs[start:start + max_parallel]
             ]
-            ran += [f.result() for f in futures]
-        if todo:
-            dvc_command(repo, "commit", "--force", *todo)  # one writer records the whole wave
-    logger.info("ran %d stage(s), %d up to date", len(ran), len(skipped))
-    return {"ran": ran, "skipped": skipped, "mlflow_runs": link_mlflow_runs(run_id)}
+            for future in futures:
+                outcome = future.result()
+                stage_runs.append({"wave": wave, **{k: outcome[k] for k in ("stage", "where", "seconds")}})
+                if "lock" in outcome:
+                    results.append(outcome)  # ran on a worker: recorded after the wave
+                else:
+                    ran.append(outcome["stage"])
+        if here:
+            dvc_command(repo, "commit", "--force", *here)  # one writer records the whole wave
+            if dispatch:  # later stages may run on workers: they pull these outputs from the remote
+                dvc_command(repo, "push", *(["--remote", remote] if remote else []), *here, timeout=STAGE_TIMEOUT_S)
+        record_worker_outputs(repo, results, remote)
+        ran += there
+        on_workers.update({r["stage"]: r["flow_run"] for r in results})
+    logger.info("ran %d stage(s) (%d on workers), %d up to date", len(ran), len(on_workers), len(skipped))
+    create_markdown_artifact(key="stage-runs", description="stages this flow run ran, wave by wave",
+                             markdown=stage_runs_markdown(stage_runs, skipped))
+    return {"ran": ran, "skipped": skipped, "on_workers": on_workers, "stage_runs": stage_runs,
+            "mlflow_runs": link_mlflow_runs(run_id)}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -151,8 +176,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="params override (runs a DVC experiment), e.g. train_saliency.epochs=20")
     parser.add_argument("--max-parallel", type=int, default=2, help="stages run at once within a wave")
     parser.add_argument("--name", dest="experiment_name", help="name of the DVC experiment (with -S)")
+    parser.add_argument("--workers", help="send training / pseudo-label stages to this deployment's work pool, "
+                        "e.g. lofiseg-stage/stage (prefect.yaml)")
+    parser.add_argument("--remote", help="DVC remote shared with the workers (default: the repository's)")
     args = parser.parse_args(argv)
-    result = pipeline(args.repo, args.targets, args.overrides, args.max_parallel, args.experiment_name)
+    result = pipeline(args.repo, args.targets, args.overrides, args.max_parallel, args.experiment_name,
+                      args.workers, args.remote)
+    if result.get("stage_runs") is not None:
+        print(stage_runs_markdown(result["stage_runs"], result["skipped"]))
     print((f"DVC experiment {result['experiment']}: " if result.get("experiment") else "")
           + f"ran {len(result['ran'])}, up to date {len(result['skipped'])}, "
           f"MLflow runs {len(result['mlflow_runs'])}")
