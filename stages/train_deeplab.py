@@ -26,8 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lofiseg.atomic import atomic_write_json
-from lofiseg.bundle import load_bundle, save_bundle
+from lofiseg.bundle import load_bundle
 from lofiseg.config import Params, ParamsError, load_params
 from lofiseg.data.format import IGNORE, Dataset, DatasetFormatError, Record
 from lofiseg.data.labels import CLASSES_FILE, read_class_names, remap_labels
@@ -53,11 +52,11 @@ from lofiseg.distributed import (
 from lofiseg.losses import cross_entropy_loss
 from lofiseg.metrics.semantic import ConfusionMeter
 from lofiseg.models import build_model
-from lofiseg.reports import curves_figure, save_figure
 from lofiseg.tracking import Tracker, standard_tags
 from lofiseg.training import epoch_generator, fingerprint, load_checkpoint, resolve_device, seed_everything
 from lofiseg.viz import colorize_labels, image_grid, save_png
 from stages.common import log, run, stage_parser
+from stages.outputs import log_training_outputs, save_training_outputs
 
 CURVE_KEYS = ("train_loss", "val_miou", "val_pixel_acc")
 VAL_HOLDOUT = 0.1  # fraction of train lent to validation when a data set has no val split
@@ -289,17 +288,11 @@ def write_outputs(args: argparse.Namespace, params: Params, data: Supervision, m
             "world_size": ctx.world_size, "mlflow_run_id": tracker.run_id,
             "val": {"miou": scores["miou"], "pixel_acc": scores["pixel_acc"],
                     "iou": {c: None if math.isnan(v) else v for c, v in zip(classes, scores["iou"], strict=True)}}}
-    model.cpu()
-    args.out.mkdir(parents=True, exist_ok=True)
-    save_bundle(args.out / "model.pt", model, info)
-    atomic_write_json(args.out / "history.json", history)
-    atomic_write_json(args.out / "info.json", info)
-    save_figure(curves_figure(history, CURVE_KEYS, f"train_deeplab {args.supervision}"), args.out / "curves.png")
+    save_training_outputs(args.out, model, info, history, CURVE_KEYS, f"train_deeplab {args.supervision}")
     save_png(args.out / "val_grid.png", qualitative_grid(data.val, pred, GRID_SAMPLES))
 
     tracker.log_metrics({f"final_val_{k}": v for k, v in val_metrics(scores, classes).items()}, step=cfg.epochs)
-    for file in ("info.json", "history.json", "curves.png", "val_grid.png"):
-        tracker.log_artifact(args.out / file)
+    log_training_outputs(tracker, args.out, "val_grid.png")
     exported, _ = load_bundle(args.out / "model.pt")  # plain BatchNorm even when trained with SyncBatchNorm
     tracker.log_model(exported, "model", example_input=data.val.images[:1].float().div(255).numpy())
     log.info("%s: val mIoU %.4f (%s) -> %s", args.supervision, scores["miou"], data.val_source, args.out)

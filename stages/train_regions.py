@@ -26,8 +26,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lofiseg.atomic import atomic_write_json
-from lofiseg.bundle import save_bundle
 from lofiseg.config import Params, TrainRegionsParams, load_params
 from lofiseg.data.format import Dataset
 from lofiseg.data.loading import TensorSplit, iterate_batches, load_split, random_flip
@@ -37,7 +35,6 @@ from lofiseg.losses.discriminative import DiscriminativeLoss
 from lofiseg.losses.embedding import ProjectiveLoss
 from lofiseg.models import build_model
 from lofiseg.region_inference import RegionEvaluator, RegionSettings, inference_settings, segment_images
-from lofiseg.reports import curves_figure, save_figure
 from lofiseg.tracking import Tracker, standard_tags
 from lofiseg.training import (
     Trainer,
@@ -49,6 +46,7 @@ from lofiseg.training import (
 )
 from lofiseg.viz import image_grid, random_colours, save_png
 from stages.common import log, run, stage_parser
+from stages.outputs import log_training_outputs, save_training_outputs
 
 CURVE_KEYS = ("train_loss", "val_covering", "val_recall50", "val_vi", "degenerate_fraction")
 METHODS = ("cas", "projective", "ce", "discriminative")
@@ -168,18 +166,12 @@ def train_regions(params: Params, method: str, raw: Path, out: Path, checkpoints
             info["label_mapping"] = f"class = region id mod {cfg.channels}"
         if method == "discriminative":
             info.update(delta_v=loss_module.options["delta_v"], delta_d=loss_module.options["delta_d"])
-        model.cpu()
-        out.mkdir(parents=True, exist_ok=True)
-        save_bundle(out / "model.pt", model, info)
-        atomic_write_json(out / "history.json", history)
-        atomic_write_json(out / "info.json", info)
-        save_figure(curves_figure(history, CURVE_KEYS, f"train_regions {method}"), out / "curves.png")
+        save_training_outputs(out, model, info, history, CURVE_KEYS, f"train_regions {method}")
         save_png(out / "val_grid.png", qualitative_grid(val, labels, 6))
 
         tracker.set_tags({"descriptor": info["descriptor"]})
         tracker.log_metrics({f"final_val_{k}": v for k, v in scores.items()}, step=cfg.epochs)
-        for file in ("info.json", "history.json", "curves.png", "val_grid.png"):
-            tracker.log_artifact(out / file)
+        log_training_outputs(tracker, out, "val_grid.png")
         tracker.log_model(descriptor_model(model, method).eval(), "model",
                           example_input=val.images[:1].float().div(255).numpy())
     ckpt_path.unlink(missing_ok=True)  # the model is in --out now; nothing to resume

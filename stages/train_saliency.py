@@ -17,8 +17,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lofiseg.atomic import atomic_write_json
-from lofiseg.bundle import save_bundle
 from lofiseg.config import load_params, rate_key
 from lofiseg.data.format import Dataset
 from lofiseg.data.loading import TensorSplit, iterate_batches, load_split, random_flip
@@ -26,7 +24,6 @@ from lofiseg.inference import predict_probs, saliency_channel
 from lofiseg.losses import build_loss
 from lofiseg.metrics.saliency import SaliencyMeter
 from lofiseg.models import ChannelSelected, build_model
-from lofiseg.reports import curves_figure, save_figure
 from lofiseg.tracking import Tracker, standard_tags
 from lofiseg.training import (
     Trainer,
@@ -38,6 +35,7 @@ from lofiseg.training import (
 )
 from lofiseg.viz import colorize_labels, image_grid, save_png
 from stages.common import log, run, stage_parser
+from stages.outputs import log_training_outputs, save_training_outputs
 
 CURVE_KEYS = ("train_loss", "val_fbeta_adaptive", "val_mae")
 
@@ -122,18 +120,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         info = {"task": "saliency", "loss": args.loss, "noise_rate": args.rate, "channel": channel,
                 "image_size": cfg.image_size, "epochs": cfg.epochs, "mlflow_run_id": tracker.run_id,
                 "val": saliency_scores(probs, val.masks, channel)}
-        model.cpu()
-        args.out.mkdir(parents=True, exist_ok=True)
-        save_bundle(args.out / "model.pt", model, info)
-        atomic_write_json(args.out / "history.json", history)
-        atomic_write_json(args.out / "info.json", info)
-        save_figure(curves_figure(history, CURVE_KEYS, f"train_saliency {name}"), args.out / "curves.png")
+        save_training_outputs(args.out, model, info, history, CURVE_KEYS, f"train_saliency {name}")
         save_png(args.out / "val_grid.png", qualitative_grid(val, probs, channel, 6))
 
         tracker.set_tags({"channel": channel})
         tracker.log_metrics({f"final_val_{k}": v for k, v in info["val"].items()}, step=cfg.epochs)
-        for file in ("info.json", "history.json", "curves.png", "val_grid.png"):
-            tracker.log_artifact(args.out / file)
+        log_training_outputs(tracker, args.out, "val_grid.png")
         tracker.log_model(ChannelSelected(model, channel).eval(), "model",
                           example_input=val.images[:1].float().div(255).numpy())
     ckpt_path.unlink(missing_ok=True)  # the model is in --out now; nothing to resume

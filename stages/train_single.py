@@ -24,13 +24,12 @@ from typing import Any
 import torch
 
 from lofiseg.atomic import atomic_dir, atomic_write_json
-from lofiseg.bundle import load_bundle, save_bundle
+from lofiseg.bundle import load_bundle
 from lofiseg.config import Params, load_params
 from lofiseg.data.format import MANIFEST, Dataset, DatasetFormatError
 from lofiseg.data.loading import TensorSplit, iterate_batches, load_split, random_flip
 from lofiseg.losses.ce import cross_entropy_loss
 from lofiseg.models import SegmentationModel, build_model
-from lofiseg.reports import curves_figure, save_figure
 from lofiseg.single_class import (
     RegularizedStep,
     gt_labels,
@@ -51,6 +50,7 @@ from lofiseg.training import (
     seed_everything,
 )
 from stages.common import log, run, stage_parser
+from stages.outputs import log_training_outputs, save_training_outputs
 
 REG_CURVES = ("train_loss", "loss_sparse_crf", "loss_volumetric", "loss_positional", "loss_negative", "sigma")
 GT_CURVES = ("train_loss",)
@@ -114,14 +114,10 @@ def train_job(job: Job, params: Params, out: Path, checkpoints: Path, device: to
                 "final_train_loss": history[-1]["train_loss"] if history else None}
         model = job.model.cpu().eval()
         with atomic_dir(out) as tmp:
-            save_bundle(tmp / "model.pt", model, info)
-            atomic_write_json(tmp / "history.json", history)
-            atomic_write_json(tmp / "info.json", info)
+            save_training_outputs(tmp, model, info, history, job.curves, f"train_single {job.name}")
             for name, value in job.extra_files.items():
                 atomic_write_json(tmp / name, value)
-            save_figure(curves_figure(history, job.curves, f"train_single {job.name}"), tmp / "curves.png")
-        for name in ("info.json", "history.json", "curves.png", *job.extra_files):
-            tracker.log_artifact(out / name)
+        log_training_outputs(tracker, out, *job.extra_files)
         tracker.log_model(model, "model", example_input=job.example.numpy())
     ckpt_path.unlink(missing_ok=True)  # the model is in --out now; nothing to resume
     log.info("%s: %d epochs, final train loss %s", job.name, job.epochs, info["final_train_loss"])
