@@ -153,22 +153,6 @@ def example_input(size: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random((1, 3, size, size), dtype=np.float32)
 
 
-def _log_model(tracker: tracking.Tracker, model: torch.nn.Module, example: np.ndarray) -> tuple[str, str]:
-    """:meth:`Tracker.log_model` plus an input example (``input_example.json`` in the model); (uri, model id).
-
-    Reuses tracking's signature and requirements so registered and trained models look alike.
-    """
-    import torch
-
-    if not tracker.active:
-        raise RuntimeError("_log_model: needs an open tracked run (inside `with Tracker(...)`)")
-    output = tracking._forward(model, torch.from_numpy(example))
-    info = tracking._mlflow().pytorch.log_model(
-        model, name="model", signature=tracking.segmentation_signature(example, output), input_example=example,
-        serialization_format="pickle", pip_requirements=tracking._default_pip_requirements(model))
-    return info.model_uri, info.model_id
-
-
 def _float_tag(tags: Mapping[str, str], key: str) -> float | None:
     try:
         return float(tags[key])
@@ -273,7 +257,8 @@ class Registry:
                                 "gate": {"metric": gate_metric, "direction": direction,
                                          "min_improvement": min_improvement}})
             tracker.log_metrics(dict(metrics), step=0)
-            model_uri, model_id = _log_model(tracker, model, example)
+            model_uri = tracker.log_model(model, "model", example, save_example=True)
+            model_id = model_uri.removeprefix("models:/")  # MLflow 3: a logged model's URI names its id
             self._ensure_model(name)
             created = self.client.create_model_version(
                 name, source=model_uri, run_id=tracker.run_id, model_id=model_id,

@@ -838,10 +838,13 @@ class Tracker:
             self._client.log_dict(self._run_id, dict(values), name)
 
     def log_model(self, model: torch.nn.Module, name: str, example_input: np.ndarray | torch.Tensor,
-                  pip_requirements: list[str] | None = None, *, step: int = 0) -> str | None:
-        """Log ``model`` (pickle) with signature (N, C, H, W) -> (N, M, H, W), N/H/W free; return its URI.
+                  pip_requirements: list[str] | None = None, *, step: int = 0,
+                  save_example: bool = False) -> str | None:
+        """Log ``model`` (pickle) with signature (N, C, H, W) -> (N, M, H, W), N/H/W free; return its URI
+        (``models:/<model id>``).
 
-        ``example_input`` (one (N, C, H, W) float batch) fixes C and, through one eval-mode forward pass, M.
+        ``example_input`` (one (N, C, H, W) float batch) fixes C and, through one eval-mode forward pass, M;
+        with ``save_example`` it is also stored in the model as its input example (what the registry shows).
         The pickle format keeps any input size (MLflow's default pt2 export would freeze it to the example's);
         loading needs the model's classes importable. ``pip_requirements`` default: torch, cloudpickle and the
         pinned distributions of the model's module classes (no slow inference). None when untracked.
@@ -859,5 +862,5 @@ class Tracker:
         requirements = pip_requirements if pip_requirements is not None else _default_pip_requirements(model)
         info = _mlflow().pytorch.log_model(model, name=name, signature=signature,
                                            serialization_format="pickle", pip_requirements=requirements,
-                                           step=step)
+                                           step=step, input_example=example.numpy() if save_example else None)
         return info.model_uri
