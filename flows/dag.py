@@ -11,6 +11,8 @@ from pathlib import Path
 
 from lofiseg.tracking import ORCHESTRATOR_ENV
 
+STAGE_TIMEOUT_S = 6 * 3600  # one stage's command, here or on a worker
+
 
 @dataclass(frozen=True)
 class Stage:

@@ -20,8 +20,8 @@ from typing import Any
 import yaml
 from prefect import get_run_logger, task
 
-from flows.dag import dvc_command, stale
-from flows.worker import STAGE_TIMEOUT_S, artifact_key, lock_from_markdown
+from flows.dag import STAGE_TIMEOUT_S, dvc_command, stale
+from flows.worker import artifact_key, lock_from_markdown
 from lofiseg.atomic import atomic_write_text
 from lofiseg.tracking import git_commit, git_dirty
 

@@ -29,13 +29,12 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.dag import Stage, dvc_command, dvc_executable, read_dag, stage_env, stale, waves
+from flows.dag import STAGE_TIMEOUT_S, Stage, dvc_command, dvc_executable, read_dag, stage_env, stale, waves
 from flows.dispatch import dispatch_stage, prepare_dispatch, record_worker_outputs
 from lofiseg.reports import markdown_table
 from lofiseg.tracking import ORCHESTRATOR_TAG, runs_with_tag
 
 NETWORK_STAGES = ("download",)  # stages that fetch over the network get retries
-STAGE_TIMEOUT_S = 6 * 3600
 
 
 @task(task_run_name="{stage.name}")
@@ -69,7 +68,7 @@ def check_overrides(overrides: Sequence[str]) -> list[str]:
     return list(overrides)
 
 
-@task(timeout_seconds=STAGE_TIMEOUT_S)
+@task  # the dvc subprocess enforces STAGE_TIMEOUT_S: a thread task's own timeout cannot stop it
 def experiment(repo: str, overrides: list[str], targets: list[str] | None, flow_run_id: str,
                name: str | None = None) -> dict[str, Any]:
     """``dvc exp run --set-param ...`` on ``targets`` (default: the whole DAG) and what they need; DVC runs
@@ -143,7 +142,7 @@ def pipeline(repo: str = ".", targets: list[str] | None = None, overrides: list[
             futures = [
                 dispatch_stage.submit(dispatch, n, lock, run_id) if n in there else
                 run_stage.with_options(retries=2 if n.split("@")[0] in NETWORK_STAGES else 0,
-                                       retry_delay_seconds=10, timeout_seconds=STAGE_TIMEOUT_S)
+                                       retry_delay_seconds=10)
                 .submit(repo, stages[n], run_id)
                 for n in jobs[start:start + max_parallel]
             ]

@@ -27,10 +27,9 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from flows.dag import dvc_command, read_dag, stage_env
+from flows.dag import STAGE_TIMEOUT_S, dvc_command, read_dag, stage_env
 from lofiseg.atomic import atomic_write_text
 
-STAGE_TIMEOUT_S = 6 * 3600
 CACHE_ENV = "LOFISEG_DVC_CACHE"
 
 
