@@ -4,8 +4,11 @@
   images (test split), and the gap between them: the paper's Table 2;
 * pseudo ground truth: mIoU of ``data/pseudo_gt`` against the web images' ground truth where it exists
   (synthetic web sets), over the pixels the pseudo labels do not ignore, and the fraction they label;
-* DeepLab: mIoU and per-class IoU of ``train_deeplab@pseudo`` and ``train_deeplab@gt`` (the upper bound) on the
-  test split of every set in ``evaluate.semantic_sets``, ground truth mapped by class name onto web.classes.
+* DeepLab: mIoU and per-class IoU of ``train_deeplab@pseudo``, ``train_deeplab@gt`` (the upper bound) and
+  ``train_deeplab@web_gt`` (the ceiling: the web images with perfect labels; absent without web ground truth)
+  on the test split of every set in ``evaluate.semantic_sets``, ground truth mapped by class name onto
+  web.classes; ``deeplab_ratio`` = pseudo / upper bound splits into ``pseudo_vs_ceiling`` (what the pseudo
+  labels lose) times ``ceiling_ratio`` (what training on web images instead of the target domain loses).
 
 Writes ``metrics/semantic.json`` for DVC, markdown tables, a per-class IoU bar chart and qualitative grids under
 ``reports/semantic``, and logs them to MLflow.
@@ -33,7 +36,14 @@ from lofiseg.tracking import Tracker, standard_tags
 from lofiseg.viz import colorize_labels, image_grid, save_png
 from stages.common import flatten_metrics, log, run, stage_parser
 
-SUPERVISIONS = ("pseudo", "gt")
+SUPERVISIONS = ("pseudo", "gt", "web_gt")  # web_gt: DeepLab on the web images' ground truth (the ceiling)
+
+
+def ratio(part: dict | None, whole: dict | None) -> float | None:
+    """mIoU of ``part`` as a fraction of ``whole``'s (None when either is missing or ``whole`` is 0)."""
+    if not part or not whole or whole["miou"] <= 0:
+        return None
+    return part["miou"] / whole["miou"]
 
 
 def class_records(web: Dataset, name: str, split: str) -> list[Record]:
@@ -136,10 +146,12 @@ def miou_tables(metrics: dict, classes: Sequence[str]) -> str:
 
     pseudo = metrics.get("pseudo_labels")
     columns = {"pseudo GT vs GT (web images)": pseudo, "DeepLab on pseudo GT": metrics["deeplab_pseudo"],
+               "DeepLab on web GT (ceiling)": metrics.get("deeplab_web_gt"),
                "DeepLab on GT (upper bound)": metrics["deeplab_gt"]}
     head = markdown_table(
-        [*columns, "ratio pseudo / GT"],
-        [[cell(c and c["miou"]) for c in columns.values()] + [cell(metrics["deeplab_ratio"])]])
+        [*columns, "ratio pseudo / GT", "pseudo / ceiling", "ceiling / GT"],
+        [[cell(c and c["miou"]) for c in columns.values()]
+         + [cell(metrics.get(k)) for k in ("deeplab_ratio", "pseudo_vs_ceiling", "ceiling_ratio")]])
     per_class = markdown_table(
         ["class", *columns], [[name] + [cell(c and c["iou"].get(name)) for c in columns.values()] for name in classes])
     return f"## mIoU\n\n{head}\n## IoU per class\n\n{per_class}"
@@ -183,14 +195,19 @@ def evaluate(params: Params, raw: Path, web_root: Path, pseudo_root: Path, singl
     samples = {}
     first = params.evaluate.semantic_sets[0]
     for supervision in SUPERVISIONS:
-        by_set, samples[supervision] = score_deeplab(params, raw, deeplab_models / supervision / "model.pt")
+        bundle = deeplab_models / supervision / "model.pt"
+        if supervision == "web_gt" and not bundle.is_file():  # the web set has no ground truth: no ceiling
+            metrics["deeplab_web_gt"] = None
+            continue
+        by_set, samples[supervision] = score_deeplab(params, raw, bundle)
         entry = dict(by_set[first])
         if len(by_set) > 1:
             entry["by_set"] = by_set
         metrics[f"deeplab_{supervision}"] = entry
-        log.info("DeepLab on %s GT: mIoU %.3f on %s", supervision, entry["miou"], first)
-    upper = metrics["deeplab_gt"]["miou"]
-    metrics["deeplab_ratio"] = metrics["deeplab_pseudo"]["miou"] / upper if upper > 0 else None
+        log.info("DeepLab on %s: mIoU %.3f on %s", supervision, entry["miou"], first)
+    metrics["deeplab_ratio"] = ratio(metrics["deeplab_pseudo"], metrics["deeplab_gt"])
+    metrics["pseudo_vs_ceiling"] = ratio(metrics["deeplab_pseudo"], metrics["deeplab_web_gt"])
+    metrics["ceiling_ratio"] = ratio(metrics["deeplab_web_gt"], metrics["deeplab_gt"])
     metrics["single_class"] = score_single_class(params, web, single_models)
     atomic_write_json(metrics_path, metrics)
 

@@ -4,7 +4,10 @@ Veksler Sec. 4.3: a multi-class segmentation CNN trained with CE (ignore 255) on
 ground truth (``--supervision pseudo``, ``--data data/pseudo_gt``), with random horizontal flips, Gaussian blur
 and rescaling, Adam at ``train_deeplab.lr``. ``--supervision gt`` trains the same network on the ground truth
 of ``train_deeplab.gt_dataset`` under ``--data`` (masks remapped by class name to the label space
-``Params.semantic_classes()``): the upper bound. Validation mIoU every epoch on the data's val split (against
+``Params.semantic_classes()``): the upper bound. ``--supervision web_gt`` trains it on the web images' own
+ground truth where they have it (synthetic web sets): the pseudo labels' ceiling, which separates the loss due
+to pseudo-label quality from the loss due to the web images being another domain; without masks the stage
+writes only an info.json saying why it skipped. Validation mIoU every epoch on the data's val split (against
 pseudo labels for ``pseudo``); a data set without a val split lends 10% of its train images (by content hash).
 
 Checkpoints every epoch outside the DVC outs (``--checkpoints``) and resumes after a kill. Runs as one process
@@ -18,7 +21,7 @@ import argparse
 import hashlib
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -26,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lofiseg.atomic import atomic_dir, atomic_write_json
 from lofiseg.bundle import load_bundle
 from lofiseg.config import Params, ParamsError, load_params
 from lofiseg.data.format import IGNORE, Dataset, DatasetFormatError, Record
@@ -58,9 +62,14 @@ from lofiseg.viz import colorize_labels, image_grid, save_png
 from stages.common import log, run, stage_parser
 from stages.outputs import log_training_outputs, save_training_outputs
 
+SUPERVISIONS = ("pseudo", "gt", "web_gt")
 CURVE_KEYS = ("train_loss", "val_miou", "val_pixel_acc")
 VAL_HOLDOUT = 0.1  # fraction of train lent to validation when a data set has no val split
 GRID_SAMPLES = 6
+
+
+class NoWebTruth(Exception):
+    """The web set has no ground truth: the web_gt ceiling is skipped, with the reason in info.json."""
 
 
 @dataclass
@@ -85,9 +94,11 @@ def tensor_digest(*splits: TensorSplit) -> str:
     return digest.hexdigest()
 
 
-def split_records(data: Dataset) -> tuple[list[Record], list[Record], str]:
-    """(train, val, how val was chosen): the val split, else the first 10% of train in (sha256, id) order."""
-    train, val = data.split("train"), data.split("val")
+def split_records(data: Dataset, keep: Callable[[Record], bool] = lambda r: True,
+                  ) -> tuple[list[Record], list[Record], str]:
+    """(train, val, how val was chosen) among the records ``keep`` accepts: the val split, else the first 10% of
+    train in (sha256, id) order."""
+    train, val = [r for r in data.split("train") if keep(r)], [r for r in data.split("val") if keep(r)]
     if not train:
         raise DatasetFormatError(f"{data.root}: no sample in the train split")
     if val:
@@ -140,8 +151,10 @@ def load_supervision(supervision: str, data_dir: Path, params: Params) -> Superv
         source = dataset_classes(root, cfg.gt_dataset, params)
         if not set(source[1:]) & set(classes[1:]):
             raise DatasetFormatError(f"{root}: none of its classes {source[1:]} is in web.classes {classes[1:]}")
+    elif supervision == "web_gt":
+        return load_web_truth(data_dir, params)
     else:
-        raise ValueError(f"supervision must be 'pseudo' or 'gt', got {supervision!r}")
+        raise ValueError(f"supervision must be one of {SUPERVISIONS}, got {supervision!r}")
     data = Dataset(root)
     train_records, val_records, val_source = split_records(data)
     splits = [load_split(data, records, cfg.image_size, desc=f"load {name}")
@@ -150,6 +163,33 @@ def load_supervision(supervision: str, data_dir: Path, params: Params) -> Superv
         check_labels(split, len(source), root)
         if source != classes:
             split.masks = remap_labels(split.masks, source, classes)
+    return Supervision(splits[0], splits[1], val_source, root)
+
+
+def web_class(record: Record, params: Params) -> str | None:
+    return next((t for t in record.tags if t in params.web.classes), None)
+
+
+def load_web_truth(root: Path, params: Params) -> Supervision:
+    """The web images with their ground-truth masks as labels: each image's object (mask 1) gets its class id,
+    the rest (confusers included) background, 255 stays ignore. The pseudo labels' ceiling: the same images
+    with perfect labels. Raises :class:`NoWebTruth` when the web set has no masks (downloaded images)."""
+    cfg, classes = params.train_deeplab, params.semantic_classes()
+    data = Dataset(root)
+
+    def labelled(record: Record) -> bool:
+        return record.has_mask and web_class(record, params) is not None
+
+    if not any(labelled(r) for r in data.split("train")):
+        raise NoWebTruth(f"{root}: no train image of web classes {list(params.web.classes)} has a ground-truth mask")
+    train_records, val_records, val_source = split_records(data, labelled)
+    splits = []
+    for records, name in ((train_records, "train"), (val_records, "val")):
+        split = load_split(data, records, cfg.image_size, desc=f"load {name}")
+        check_labels(split, 2, root)  # binary object masks: 0, 1 and 255 only
+        ids = torch.tensor([classes.index(web_class(r, params)) for r in records], dtype=split.masks.dtype)
+        split.masks = torch.where(split.masks == 1, ids[:, None, None], split.masks)
+        splits.append(split)
     return Supervision(splits[0], splits[1], val_source, root)
 
 
@@ -192,9 +232,10 @@ def qualitative_grid(split: TensorSplit, pred: torch.Tensor, count: int) -> np.n
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser(__doc__.splitlines()[0])
-    parser.add_argument("--supervision", required=True, choices=("pseudo", "gt"))
+    parser.add_argument("--supervision", required=True, choices=SUPERVISIONS)
     parser.add_argument("--data", type=Path, required=True,
-                        help="pseudo: the pseudo-GT data set; gt: the folder holding train_deeplab.gt_dataset")
+                        help="pseudo: the pseudo-GT data set; gt: the folder holding train_deeplab.gt_dataset; "
+                             "web_gt: the web images (their ground truth: the pseudo labels' ceiling)")
     parser.add_argument("--out", type=Path, required=True, help="output folder of the model")
     parser.add_argument("--checkpoints", type=Path, default=Path(".checkpoints/train_deeplab"))
     args = parser.parse_args(argv)
@@ -211,7 +252,14 @@ def train_deeplab(args: argparse.Namespace, params: Params, ctx: DistContext, de
     except ValueError as err:
         raise ParamsError(f"{args.params}: {err}") from None
     seed_everything(params.seed)
-    data = load_supervision(args.supervision, args.data, params)
+    try:
+        data = load_supervision(args.supervision, args.data, params)
+    except NoWebTruth as why:
+        log.warning("%s; skipping the web_gt ceiling", why)
+        if ctx.is_main:
+            with atomic_dir(args.out) as tmp:
+                atomic_write_json(tmp / "info.json", {"supervision": args.supervision, "skipped": str(why)})
+        return
     model = build_model(num_classes=len(classes), **cfg.model.model_dump())
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
 

@@ -38,7 +38,7 @@ def test_every_out_exists(repo):
             info = json.loads((repo / f"models/single/{name}/{supervision}/info.json").read_text())
             assert info["class"] == name and (repo / f"models/single/{name}/{supervision}/model.pt").is_file()
         assert (repo / f"data/pseudo/{name}/manifest.csv").is_file()
-    for supervision in ("pseudo", "gt"):
+    for supervision in ("pseudo", "gt", "web_gt"):
         assert (repo / f"models/deeplab/{supervision}/model.pt").is_file()
     for name in ("table2.md", "miou.md", "iou_per_class.png", "scenes_grid.png", "pseudo_grid.png"):
         assert (repo / "reports/semantic" / name).stat().st_size > 100, name
@@ -59,9 +59,13 @@ def test_pseudo_labels_hold_background_their_class_or_ignore(repo):
 def test_metrics_keys(repo):
     repo, env, _ = repo
     metrics = json.loads((repo / "metrics/semantic.json").read_text())
-    for key in ("pseudo_labels", "deeplab_pseudo", "deeplab_gt"):
+    for key in ("pseudo_labels", "deeplab_pseudo", "deeplab_gt", "deeplab_web_gt"):
         assert 0.0 <= metrics[key]["miou"] <= 1.0
         assert set(metrics[key]["iou"]) == {"background", *CLASSES}
+    pseudo, ceiling, upper = (metrics[k]["miou"] for k in ("deeplab_pseudo", "deeplab_web_gt", "deeplab_gt"))
+    assert metrics["pseudo_vs_ceiling"] == pytest.approx(pseudo / ceiling)
+    assert metrics["ceiling_ratio"] == pytest.approx(ceiling / upper)
+    assert metrics["deeplab_ratio"] == pytest.approx(pseudo / upper)
     for name in CLASSES:
         for supervision in ("reg", "gt"):
             assert 0.0 <= metrics["single_class"][name][supervision]["fbeta"] <= 1.0
@@ -83,7 +87,7 @@ def test_mlflow_has_the_runs(repo):
         return {r.info.run_name for r in client.search_runs([found.experiment_id])}
 
     assert run_names("lofiseg-single-class") == {f"{c}-{s}" for c in CLASSES for s in ("reg", "gt")}
-    assert run_names("lofiseg-semantic") == {"deeplab-pseudo", "deeplab-gt"}
+    assert run_names("lofiseg-semantic") == {"deeplab-pseudo", "deeplab-gt", "deeplab-web_gt"}
     assert "evaluate_semantic" in run_names("lofiseg-evaluation")
 
 

@@ -154,6 +154,38 @@ def test_a_data_set_without_val_lends_a_tenth_of_train(workdir, tmp_path):
     assert train_deeplab.split_records(data)[1] == val  # deterministic
 
 
+def test_web_truth_labels_each_object_with_its_class_and_skips_without_masks(workdir, tmp_path):
+    """web_gt: the object (mask 1) of a leaf image becomes leaf 1, of a sun image sun 2; confusers and the rest
+    stay background 0, ignore stays 255; a web set with image-level tags only has no ceiling."""
+    params = load_params(_params(workdir, "params-web.yaml", TRAIN))
+    samples = list(generate_web(WEB_CLASSES, per_class=3, negatives=0, confuser_prob=1.0, test_per_class=0,
+                                image_size=32, seed=0))
+    samples[0].mask[0, :4] = 255
+    with DatasetWriter(tmp_path / "web") as writer:
+        for sample in samples:
+            writer.add(sample)
+    data = train_deeplab.load_supervision("web_gt", tmp_path / "web", params)
+    web = Dataset(tmp_path / "web")
+    labels = dict(zip(data.train.ids + data.val.ids, [*data.train.masks, *data.val.masks], strict=True))
+    assert set(labels) == {s.id for s in samples}
+    for record in web:
+        source, expected_id = web.mask(record), 1 + WEB_CLASSES.index(record.tags[0])
+        expected = np.where(source == 1, expected_id, source).astype(np.uint8)  # 0 stays 0, 255 stays 255
+        assert np.array_equal(labels[record.id].numpy(), expected), record.id
+    assert (labels[samples[0].id][0, :4] == 255).all()
+
+    with DatasetWriter(tmp_path / "tags_only") as writer:
+        for sample in samples:
+            writer.add(Sample(sample.id, sample.image, None, split=sample.split, tags=sample.tags))
+    with pytest.raises(train_deeplab.NoWebTruth, match=r"tags_only: no train image of web classes"):
+        train_deeplab.load_supervision("web_gt", tmp_path / "tags_only", params)
+    out = tmp_path / "ceiling"
+    train_deeplab.main(["--params", _params(workdir, "params-web.yaml", TRAIN), "--supervision", "web_gt",
+                        "--data", str(tmp_path / "tags_only"), "--out", str(out)])
+    assert not (out / "model.pt").exists()
+    assert "no train image of web classes" in json.loads((out / "info.json").read_text())["skipped"]
+
+
 # --- the stage ----------------------------------------------------------------------------------------------
 
 
