@@ -89,6 +89,11 @@ def dvc_executable() -> str:
     return str(dvc) if dvc.exists() else "dvc"
 
 
+def remote_args(remote: str | None) -> list[str]:
+    """``--remote <name>`` for dvc pull / push, nothing for the repository's default remote."""
+    return ["--remote", remote] if remote else []
+
+
 def dvc_command(repo: str | os.PathLike, *args: str, timeout: float = 600,
                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run([dvc_executable(), *args], cwd=repo, capture_output=True, text=True, timeout=timeout,

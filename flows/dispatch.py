@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,10 +19,10 @@ from typing import Any
 import yaml
 from prefect import get_run_logger, task
 
-from flows.dag import STAGE_TIMEOUT_S, dvc_command, stale
+from flows.dag import STAGE_TIMEOUT_S, dvc_command, remote_args, stale
 from flows.worker import artifact_key, lock_from_markdown
 from lofiseg.atomic import atomic_write_text
-from lofiseg.tracking import git_commit, git_dirty
+from lofiseg.tracking import git_commit, git_dirty, git_remote_url
 
 WORKER_STAGES = ("train_*", "pseudo_label@*")  # the heavy, per-class / per-model stages
 GIT_URL_ENV = "LOFISEG_GIT_URL"
@@ -54,10 +53,7 @@ def prepare_dispatch(repo: str, deployment: str, remote: str | None = None,
     if git_dirty(repo):
         raise RuntimeError(f"{repo}: tracked files differ from {rev[:8]}; commit (and push) code, params.yaml and "
                            "dvc.yaml first: workers check out the commit, not this workspace")
-    git_url = os.environ.get(GIT_URL_ENV)
-    if not git_url:
-        proc = subprocess.run(["git", "-C", repo, "remote", "get-url", "origin"], capture_output=True, text=True)
-        git_url = proc.stdout.strip() if proc.returncode == 0 else ""
+    git_url = os.environ.get(GIT_URL_ENV) or git_remote_url(repo, "origin")
     if not git_url:
         raise RuntimeError(f"{repo}: no git URL for the workers: set ${GIT_URL_ENV} or a git remote 'origin'")
     return Dispatch(deployment, git_url, rev, remote, tuple(patterns or WORKER_STAGES))
@@ -110,7 +106,7 @@ def record_worker_outputs(repo: str, results: Sequence[dict[str, Any]], remote: 
     lock.setdefault("stages", {}).update({r["stage"]: r["lock"] for r in results})
     atomic_write_text(path, yaml.safe_dump(lock, sort_keys=False))
     names = [r["stage"] for r in results]
-    dvc_command(repo, "pull", *(["--remote", remote] if remote else []), *names, timeout=STAGE_TIMEOUT_S)
+    dvc_command(repo, "pull", *remote_args(remote), *names, timeout=STAGE_TIMEOUT_S)
     still = stale(repo, names)
     if still:
         raise RuntimeError(f"after pulling the workers' outputs DVC still finds {still} changed in {repo}")

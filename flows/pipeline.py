@@ -29,7 +29,17 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.dag import STAGE_TIMEOUT_S, Stage, dvc_command, dvc_executable, read_dag, stage_env, stale, waves
+from flows.dag import (
+    STAGE_TIMEOUT_S,
+    Stage,
+    dvc_command,
+    dvc_executable,
+    read_dag,
+    remote_args,
+    stage_env,
+    stale,
+    waves,
+)
 from flows.dispatch import dispatch_stage, prepare_dispatch, record_worker_outputs
 from lofiseg.reports import markdown_table
 from lofiseg.tracking import ORCHESTRATOR_TAG, runs_with_tag
@@ -156,7 +166,7 @@ def pipeline(repo: str = ".", targets: list[str] | None = None, overrides: list[
         if here:
             dvc_command(repo, "commit", "--force", *here)  # one writer records the whole wave
             if dispatch:  # later stages may run on workers: they pull these outputs from the remote
-                dvc_command(repo, "push", *(["--remote", remote] if remote else []), *here, timeout=STAGE_TIMEOUT_S)
+                dvc_command(repo, "push", *remote_args(remote), *here, timeout=STAGE_TIMEOUT_S)
         record_worker_outputs(repo, results, remote)
         ran += there
         on_workers.update({r["stage"]: r["flow_run"] for r in results})

@@ -23,7 +23,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.schedules import Cron
 
-from flows.dag import dvc_command, read_dag, waves
+from flows.dag import dvc_command, read_dag, remote_args, waves
 from flows.pipeline import pipeline, run_stage
 from lofiseg.config import load_params
 from lofiseg.reports import markdown_table
@@ -40,13 +40,13 @@ def has_remote(repo: str, remote: str | None) -> bool:
 @task(retries=2, retry_delay_seconds=30)
 def dvc_pull(repo: str, remote: str | None) -> str:
     """Fetch every output DVC knows of; ones the remote does not hold yet (a first run) are rebuilt later."""
-    args = ["pull", "--allow-missing"] + (["--remote", remote] if remote else [])
+    args = ["pull", "--allow-missing", *remote_args(remote)]
     return dvc_command(repo, *args, timeout=DVC_TIMEOUT_S).stdout
 
 
 @task(retries=2, retry_delay_seconds=30)
 def dvc_push(repo: str, remote: str | None) -> str:
-    args = ["push"] + (["--remote", remote] if remote else [])
+    args = ["push", *remote_args(remote)]
     return dvc_command(repo, *args, timeout=DVC_TIMEOUT_S).stdout
 
 

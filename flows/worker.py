@@ -27,7 +27,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from flows.dag import STAGE_TIMEOUT_S, dvc_command, read_dag, stage_env
+from flows.dag import STAGE_TIMEOUT_S, dvc_command, read_dag, remote_args, stage_env
 from lofiseg.atomic import atomic_write_text
 
 CACHE_ENV = "LOFISEG_DVC_CACHE"
@@ -76,20 +76,19 @@ def stage_on_worker(git_url: str, rev: str, stage: str, lock: str, orchestrator_
     returns and publishes its dvc.lock entry."""
     logger = get_run_logger()
     started = time.monotonic()
-    remote_args = ["--remote", remote] if remote else []
     with tempfile.TemporaryDirectory(prefix="lofiseg-stage-") as scratch:
         repo = checkout(git_url, rev, Path(scratch, "repo"))
         atomic_write_text(repo / "dvc.lock", lock)
         upstream = sorted(read_dag(repo)[stage].upstream)
         if upstream:
             logger.info("pulling the outputs of %s", ", ".join(upstream))
-            dvc_command(repo, "pull", *remote_args, *upstream, timeout=STAGE_TIMEOUT_S)
+            dvc_command(repo, "pull", *remote_args(remote), *upstream, timeout=STAGE_TIMEOUT_S)
         logger.info("$ dvc repro --single-item %s  (on %s)", stage, socket.gethostname())
         env = stage_env(orchestrator_run_id or flow_run.get_id() or "")
         ran = dvc_command(repo, "repro", "--single-item", stage, timeout=STAGE_TIMEOUT_S, env=env)
         for line in ran.stdout.splitlines()[-20:]:
             logger.info(line)
-        dvc_command(repo, "push", *remote_args, stage, timeout=STAGE_TIMEOUT_S)
+        dvc_command(repo, "push", *remote_args(remote), stage, timeout=STAGE_TIMEOUT_S)
         entry = yaml.safe_load((repo / "dvc.lock").read_text())["stages"][stage]
     create_markdown_artifact(key=artifact_key(stage), markdown=lock_markdown(stage, entry),
                              description=f"dvc.lock entry of {stage}")

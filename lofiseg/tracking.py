@@ -376,6 +376,11 @@ def git_commit(root: str | os.PathLike) -> str | None:
     return _git(root, "rev-parse", "--verify", "--quiet", "HEAD") or None
 
 
+def git_remote_url(root: str | os.PathLike, name: str = "origin") -> str | None:
+    """The URL of git remote ``name`` at ``root``; None outside git or without that remote."""
+    return _git(root, "remote", "get-url", name) or None
+
+
 def git_dirty(root: str | os.PathLike) -> bool | None:
     """True if tracked files differ from HEAD, None outside git.
 
