@@ -20,6 +20,7 @@ from lofiseg.schema import StrictModel
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 PositiveInt = Annotated[int, Field(ge=1)]
+ScaleFactor = Annotated[float, Field(gt=0.0, le=8.0)]  # an image resize factor
 Split = Literal["train", "val", "test"]
 CLASS_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -345,7 +346,7 @@ class TrainRegionsParams(StrictModel):
     bandwidth_degrees: Annotated[float, Field(gt=0.0, lt=90.0)] = 45.0  # mean-shift on the sphere (Dille)
     # projective / discriminative: cluster at these multiples of image_size, coarse to fine, and keep the
     # coarse regions their finer copies refine (Dille et al. multi-resolution); [1.0] = one resolution
-    scales: list[Annotated[float, Field(gt=0.0, le=8.0)]] = Field(default_factory=lambda: [1.0], min_length=1)
+    scales: list[ScaleFactor] = Field(default_factory=lambda: [1.0], min_length=1)
     flip: bool = True
 
     @field_validator("scales")
@@ -372,6 +373,9 @@ class RegisteredModel(StrictModel):
     bundle: Annotated[str, Field(min_length=1)]  # folder holding model.pt
     metrics: Annotated[str, Field(min_length=1)]  # metrics JSON the gate reads
     eval_data: Annotated[str, Field(min_length=1)]  # the evaluation set; its DVC hash names it
+    # params keys that change how the gate metric is measured (e.g. evaluate.semantic_scales): their values are
+    # part of the evaluation identity, so a metric measured another way is never compared with the champion's
+    eval_params: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     gate: GateParams
 
 
@@ -404,6 +408,10 @@ class EvaluateParams(StrictModel):
     saliency_sets: list[str] = Field(default_factory=lambda: ["saliency"])  # data sets with a test split
     semantic_sets: list[str] = Field(default_factory=lambda: ["scenes"])  # DeepLab mIoU on their test split
     regions_sets: list[str] = Field(default_factory=lambda: ["regions"])  # region metrics on their test split
+    # DeepLab test-time inference: softmax averaged over the input resized by each factor (and mirrored with
+    # semantic_flip), as DeepLab's multi-scale evaluation; [1.0] and false = one plain forward pass
+    semantic_scales: list[ScaleFactor] = Field(default_factory=lambda: [1.0], min_length=1)
+    semantic_flip: bool = False
     batch_size: PositiveInt = 32
     grid_samples: Annotated[int, Field(ge=1, le=32)] = 6
 
@@ -459,12 +467,27 @@ class Params(StrictModel):
             if not set(self.web.classes) & set(names):
                 raise ValueError(f"{key} {name!r}: none of its classes {names} is in web.classes "
                                  f"{list(self.web.classes)}")
+        for name, model in self.registry.models.items():
+            for i, dotted in enumerate(model.eval_params):
+                try:
+                    self.value_at(dotted)
+                except KeyError:
+                    raise ValueError(f"registry.models.{name}.eval_params[{i}] {dotted!r} is not a params key") from None
         init = self.train_single.init_from
         if init is not None and init not in self.web.classes and init not in enabled and not init.endswith(".pt"):
             raise ValueError(f"train_single.init_from {init!r} must be null, a class of web.classes "
                              f"{list(self.web.classes)}, an enabled data set {sorted(enabled)} or a path to a "
                              f"model.pt")
         return self
+
+    def value_at(self, dotted: str) -> Any:
+        """The value of the dotted params key ``dotted`` (e.g. ``evaluate.semantic_flip``); KeyError if absent."""
+        node: Any = self.model_dump(mode="json")
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise KeyError(dotted)
+            node = node[part]
+        return node
 
     def semantic_classes(self) -> list[str]:
         """The multi-class label space: 0 background, then web.classes in params order (ids 1..K)."""

@@ -77,8 +77,8 @@ def decide(challenger: float, champion: float | None, direction: Direction, min_
     if champion is None:
         return Decision(True, f"first model: becomes champion ({challenger:.6g})")
     if not same_eval_set:
-        return Decision(False, "evaluated on a different evaluation set than the champion: metrics are not "
-                               "comparable, champion unchanged")
+        return Decision(False, "evaluated on a different evaluation set (or with other eval_params) than the "
+                               "champion: metrics are not comparable, champion unchanged")
     if not math.isfinite(challenger):
         return Decision(False, f"challenger's metric is {challenger}: not a number to compare")
     if not math.isfinite(champion):

@@ -1,8 +1,9 @@
 """DVC stage `register@<model>`: a model of params `registry.models` into the MLflow registry, then the gate.
 
 For every model: its bundle becomes a new version with alias ``challenger``, tagged with the evaluation set's
-identity (:func:`eval_set_identity`) and its metrics; alias ``champion`` moves to it only if its gate metric (a "/"-path into the metrics
-JSON) beats the champion's on the same evaluation set by ``min_improvement`` (lofiseg.registry.decide). The
+identity (:func:`eval_set_identity`, plus the values of the model's ``eval_params``: how the metric was measured)
+and its metrics; alias ``champion`` moves to it only if its gate metric (a "/"-path into the metrics JSON) beats
+the champion's on the same evaluation set, measured the same way, by ``min_improvement`` (lofiseg.registry.decide). The
 outcome is written to ``--out``: with ``--model`` (how dvc.yaml runs it, one stage per model) that model's
 result; without it, every model's under ``models``. Everything is checked (bundles, metrics files, gate metric
 paths, the store) before anything is registered.
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lofiseg.atomic import atomic_write_json
-from lofiseg.config import ParamsError, RegisteredModel, load_params
+from lofiseg.config import Params, ParamsError, RegisteredModel, load_params
 from lofiseg.data.format import MANIFEST
 from lofiseg.registry import BUNDLE_FILE, Registry
 from lofiseg.tracking import TrackingUnavailable, dvc_hashes, standard_tags
@@ -79,7 +80,15 @@ def eval_set_identity(path: str) -> str | None:
     return next(iter(dvc_hashes([path], ".").values()), None)
 
 
-def plan(name: str, spec: RegisteredModel) -> dict[str, Any]:
+def evaluation_identity(data_identity: str | None, params: Params, keys: Sequence[str]) -> str | None:
+    """The evaluation set's identity followed by ``key=value`` (JSON) of each params key in ``keys``: how the
+    metric was measured, e.g. ``manifest-sha256:... evaluate.semantic_flip=true``."""
+    if data_identity is None:
+        return None
+    return " ".join([data_identity, *(f"{key}={json.dumps(params.value_at(key))}" for key in keys)])
+
+
+def plan(name: str, spec: RegisteredModel, params: Params) -> dict[str, Any]:
     """Everything the registration of one model needs, checked before any of them is registered."""
     key = f"registry.models.{name}"
     bundle = Path(spec.bundle)
@@ -89,7 +98,7 @@ def plan(name: str, spec: RegisteredModel) -> dict[str, Any]:
     file = Path(spec.metrics)
     metrics = read_metrics(file, f"{key}.metrics")
     value = metric_at(metrics, spec.gate.metric, file, f"{key}.gate.metric")
-    eval_set = eval_set_identity(spec.eval_data)
+    eval_set = evaluation_identity(eval_set_identity(spec.eval_data), params, spec.eval_params)
     if eval_set is None:
         log.warning("%s.eval_data %r is neither a data set (no %s) nor known to DVC (not in dvc.lock, no .dvc "
                     "file): this version cannot be compared with the champion", key, spec.eval_data, MANIFEST)
@@ -116,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not params.tracking.enabled:
         return skipped(args.out, "tracking.enabled is false (the registry lives in MLflow)", args.model)
     selected = {name: spec for name, spec in registry_params.models.items() if args.model in (None, name)}
-    plans = {name: plan(name, spec) for name, spec in selected.items()}
+    plans = {name: plan(name, spec, params) for name, spec in selected.items()}
     try:
         registry = Registry()
     except TrackingUnavailable as err:

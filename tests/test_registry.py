@@ -238,12 +238,14 @@ def test_unreachable_store_fails_fast_and_clearly(tmp_path: Path, monkeypatch: p
 
 # --- the stage ------------------------------------------------------------------------------------------------
 
-def write_stage_repo(root: Path, miou: float, enabled: bool = True) -> None:
+def write_stage_repo(root: Path, miou: float, enabled: bool = True, eval_params: tuple[str, ...] = (),
+                     evaluate: dict | None = None, deeplab_name: str = "stage-deeplab") -> None:
     """A tiny repo: params.yaml (the repo's, with a small registry section), bundles, metrics, dvc.lock."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["evaluate"].update(evaluate or {})
     params["registry"] = {"enabled": enabled, "models": {
-        "stage-deeplab": {"bundle": "models/deeplab/pseudo", "metrics": "metrics/semantic.json",
-                          "eval_data": "data/raw",
+        deeplab_name: {"bundle": "models/deeplab/pseudo", "metrics": "metrics/semantic.json",
+                       "eval_data": "data/raw", "eval_params": list(eval_params),
                           "gate": {"metric": "deeplab_pseudo/miou", "direction": "maximize",
                                    "min_improvement": 0.005}},
         "stage-saliency": {"bundle": "models/saliency/cas/0.5", "metrics": "metrics/saliency.json",
@@ -293,6 +295,38 @@ def test_register_stage_end_to_end(store: str, tmp_path: Path, monkeypatch: pyte
     assert Registry().champion("stage-saliency") == "1"  # the other model was left alone
     with pytest.raises(ParamsError, match=r"--model 'nope' is not in registry.models"):
         stage.main(["--model", "nope", "--out", "x.json"])
+
+
+def test_a_metric_measured_another_way_is_not_compared(store: str, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """eval_params: the same evaluation set scored with other test-time scales is another evaluation."""
+    from stages import register as stage
+
+    monkeypatch.chdir(tmp_path)
+    keys, name = ("evaluate.semantic_scales", "evaluate.semantic_flip"), "measured-deeplab"
+    write_stage_repo(tmp_path, miou=0.40, eval_params=keys, deeplab_name=name,
+                     evaluate={"semantic_scales": [1.0], "semantic_flip": False})
+    stage.main(["--model", name, "--out", "r.json"])
+    first = json.loads((tmp_path / "r.json").read_text())
+    assert first["eval_set"] == ("3867a0a10cdd107e7b915c9476f0d749.dir evaluate.semantic_scales=[1.0] "
+                                 "evaluate.semantic_flip=false")
+    assert first["decision"] == "promoted"
+
+    write_stage_repo(tmp_path, miou=0.60, eval_params=keys, deeplab_name=name,
+                     evaluate={"semantic_scales": [1.0, 1.5, 2.0], "semantic_flip": True})
+    stage.main(["--model", name, "--out", "r.json"])
+    second = json.loads((tmp_path / "r.json").read_text())
+    assert (second["version"], second["decision"], second["champion"]) == ("2", "rejected", "1")  # +0.2: not
+    # comparable
+    assert "other eval_params" in second["reason"] and "semantic_flip=true" in second["reason"]
+
+    Registry().promote(name, 2, "the new protocol is the baseline from now on")
+    write_stage_repo(tmp_path, miou=0.65, eval_params=keys, deeplab_name=name,
+                     evaluate={"semantic_scales": [1.0, 1.5, 2.0], "semantic_flip": True})
+    stage.main(["--model", name, "--out", "r.json"])
+    third = json.loads((tmp_path / "r.json").read_text())  # measured like the new champion: compared
+    assert (third["version"], third["decision"], third["champion"]) == ("3", "promoted", "3")
+    assert third["champion_value"] == 0.60
 
 
 def test_register_stage_errors_and_switch_off(store: str, tmp_path: Path,
