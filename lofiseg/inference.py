@@ -13,15 +13,48 @@ from lofiseg.data.loading import TensorSplit, iterate_batches, load_split
 from lofiseg.models import choose_foreground_channel
 
 
+def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
+    scales = tuple(float(s) for s in scales)
+    if not scales or any(not s > 0 for s in scales):
+        raise ValueError(f"test-time scales must be positive factors, got {list(scales)}")
+    return scales
+
+
+def multi_scale_probs(model: torch.nn.Module, images: torch.Tensor, scales: Sequence[float] = (1.0,),
+                      flip: bool = False) -> torch.Tensor:
+    """Softmax probabilities (N, M, H, W) of ``images`` (N, 3, H, W) averaged over inputs resized by each of
+    ``scales`` (bilinear, the maps resized back) and, with ``flip``, their mirror images: DeepLab's
+    multi-scale + flip test-time inference (Chen et al. 2018, Sec. 4.1)."""
+    height, width = images.shape[-2:]
+    total, count = None, 0
+    for scale in check_scales(scales):
+        scaled = images
+        if scale != 1.0:
+            size = (max(8, round(height * scale)), max(8, round(width * scale)))
+            scaled = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        views = [scaled, scaled.flip(-1)] if flip else [scaled]
+        for index, view in enumerate(views):
+            probs = model(view).float().softmax(dim=1)
+            if index == 1:
+                probs = probs.flip(-1)
+            if probs.shape[-2:] != (height, width):
+                probs = F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=False)
+            total = probs if total is None else total + probs
+            count += 1
+    return total / count
+
+
 @torch.no_grad()
 def predict_probs(model: torch.nn.Module, split: TensorSplit, batch_size: int = 32,
-                  device: torch.device | str = "cpu") -> torch.Tensor:
-    """Softmax probabilities (N, M, S, S) of ``model`` on every image of ``split``, on the CPU."""
+                  device: torch.device | str = "cpu", scales: Sequence[float] = (1.0,),
+                  flip: bool = False) -> torch.Tensor:
+    """Softmax probabilities (N, M, S, S) of ``model`` on every image of ``split``, on the CPU (``scales`` and
+    ``flip``: see :func:`multi_scale_probs`)."""
     was_training = model.training
     model.eval()
     out = []
     for batch in iterate_batches(split, batch_size):
-        out.append(model(batch["image"].to(device)).float().softmax(dim=1).cpu())
+        out.append(multi_scale_probs(model, batch["image"].to(device), scales, flip).cpu())
     model.train(was_training)
     return torch.cat(out)
 
@@ -41,12 +74,12 @@ def saliency_channel(loss: str, probs: torch.Tensor, masks: torch.Tensor | None)
 
 
 def predict_native(model: torch.nn.Module, dataset: Dataset, records: Sequence[Record], image_size: int,
-                   batch_size: int = 32, device: torch.device | str = "cpu",
-                   desc: str = "predict") -> Iterator[tuple[Record, torch.Tensor]]:
+                   batch_size: int = 32, device: torch.device | str = "cpu", desc: str = "predict",
+                   scales: Sequence[float] = (1.0,), flip: bool = False) -> Iterator[tuple[Record, torch.Tensor]]:
     """Softmax probabilities (M, H, W) of each record's image at the record's own size: the model sees the
-    image resized to its training size, the maps are resized back (bilinear)."""
+    image resized to its training size (times each of ``scales``), the maps are resized back (bilinear)."""
     split = load_split(dataset, records, image_size, with_masks=False, desc=desc)
-    probs = predict_probs(model, split, batch_size, device=device)
+    probs = predict_probs(model, split, batch_size, device=device, scales=scales, flip=flip)
     for record, prob in zip(records, probs, strict=True):
         with Image.open(dataset.root / record.image) as image:  # the header only: no second decode
             width, height = image.size

@@ -102,8 +102,8 @@ def semantic_truth(params: Params, dataset: str, mask: np.ndarray) -> np.ndarray
     return remap_labels(mask, params.dataset_classes(dataset), params.semantic_classes())
 
 
-def score_deeplab(params: Params, raw: Path, bundle: Path) -> tuple[dict, dict]:
-    """({set: scores}, {set: [(record, predicted labels)] of the first grid_samples test images})."""
+def score_deeplab(params: Params, raw: Path, bundle: Path, split: str = "test") -> tuple[dict, dict]:
+    """({set: scores}, {set: [(record, predicted labels)] of the first grid_samples images of ``split``})."""
     model, info = load_bundle(bundle)
     classes = params.semantic_classes()
     scores, samples = {}, {}
@@ -111,14 +111,25 @@ def score_deeplab(params: Params, raw: Path, bundle: Path) -> tuple[dict, dict]:
         dataset = Dataset(raw / name)
         meter = ConfusionMeter(len(classes))
         samples[name] = []
-        for record, probs in predict_native(model, dataset, dataset.split("test"), info["image_size"],
-                                            params.evaluate.batch_size, desc=f"{bundle.parent.name} {name}"):
+        for record, probs in predict_native(model, dataset, dataset.split(split), info["image_size"],
+                                            params.evaluate.batch_size, desc=f"{bundle.parent.name} {name}",
+                                            scales=params.evaluate.semantic_scales,
+                                            flip=params.evaluate.semantic_flip):
             pred = probs.argmax(0).numpy().astype(np.uint8)
             meter.update(pred, semantic_truth(params, name, dataset.mask(record)))
             if len(samples[name]) < params.evaluate.grid_samples:
                 samples[name].append((record, pred))
         scores[name] = confusion_scores(meter, classes)
     return scores, samples
+
+
+def test_time_inference(params: Params) -> str:
+    """How DeepLab was run on the test images, in words (evaluate.semantic_scales / semantic_flip)."""
+    scales, flip = params.evaluate.semantic_scales, params.evaluate.semantic_flip
+    if scales == [1.0] and not flip:
+        return "one forward pass at the training size"
+    return (f"softmax averaged over the image at {', '.join(f'{s:g}' for s in scales)} x the training size"
+            + (" and the mirror images" if flip else ""))
 
 
 def table2(single: dict) -> str:
@@ -207,7 +218,8 @@ def evaluate(params: Params, raw: Path, web_root: Path, pseudo_root: Path, singl
         "F-beta at T = 2 mean(S) on each class's held-out web images.\n\n" + table2(metrics["single_class"]))))
     files.append(atomic_write_text(report / "miou.md", (
         f"# Weakly supervised semantic segmentation (Veksler Sec. 4.3)\n\nDeepLab scores on the test split of "
-        f"{first}; pseudo GT scored on the web images it labels, over the pixels it does not ignore.\n\n"
+        f"{first} ({test_time_inference(params)}); pseudo GT scored on the web images it labels, over the pixels "
+        "it does not ignore.\n\n"
         + miou_tables(metrics, classes))))
     groups = {name: {"pseudo GT": (metrics["pseudo_labels"] or {}).get("iou", {}).get(name),
                      "DeepLab pseudo": metrics["deeplab_pseudo"]["iou"][name],

@@ -59,6 +59,22 @@ def test_out_of_range_and_wrong_type():
     assert "seed: Input should be greater than or equal to 0 (got -1)" in msg
 
 
+def test_test_time_scales_must_be_positive():
+    with pytest.raises(ParamsError, match=r"evaluate.semantic_scales\[1\]: Input should be greater than 0"):
+        parse_params(_params(evaluate__semantic_scales=[1.0, 0.0]))
+    assert parse_params(_params(evaluate__semantic_scales=[0.75, 1.5], evaluate__semantic_flip=True)
+                        ).evaluate.semantic_scales == [0.75, 1.5]
+
+
+def test_registry_eval_params_must_be_params_keys():
+    raw = _params()
+    raw["registry"]["models"]["lofiseg-deeplab"]["eval_params"] = ["evaluate.semantic_flip", "evaluate.scalez"]
+    with pytest.raises(ParamsError, match=r"registry.models.lofiseg-deeplab.eval_params\[1\] 'evaluate.scalez' "
+                                          r"is not a params key"):
+        parse_params(raw)
+    assert parse_params(_params()).value_at("evaluate.semantic_scales") == [1.0, 1.5, 2.0]
+
+
 def test_literal_lists_allowed_values():
     raw = _params()
     raw["download"]["datasets"]["saliency"]["source"] = "ftp"

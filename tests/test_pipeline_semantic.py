@@ -71,6 +71,9 @@ def test_metrics_keys(repo):
             assert 0.0 <= metrics["single_class"][name][supervision]["fbeta"] <= 1.0
     table = (repo / "reports/semantic/table2.md").read_text()
     assert "| class | reg F-beta | gt F-beta | gap (gt - reg) |" in table and "| sun |" in table
+    # the repository's test-time inference (params.yaml evaluate.semantic_scales / semantic_flip) is stated
+    assert "softmax averaged over the image at 1, 1.5, 2 x the training size and the mirror images" in (
+        repo / "reports/semantic/miou.md").read_text()
     shown = json.loads(dvc(repo, "metrics", "show", "--json", env=env).stdout)
     data = next(iter(shown.values()))["data"]["metrics/semantic.json"]["data"]
     assert "miou" in data["deeplab_pseudo"]
