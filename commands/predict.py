@@ -35,6 +35,7 @@ from tqdm import tqdm
 from lofiseg.atomic import atomic_dir, atomic_write_json
 from lofiseg.data.format import read_image
 from lofiseg.data.layouts import IMAGE_SUFFIXES
+from lofiseg.inference import check_scales, multi_scale_probs
 from lofiseg.registry import TAG_IMAGE_SIZE, Registry, RegistryError, load_registrable
 from lofiseg.tracking import load_model as load_logged
 from lofiseg.training import resolve_device
@@ -74,16 +75,22 @@ def load_model(spec: str) -> tuple[torch.nn.Module, int | None, str]:
 
 
 @torch.no_grad()
-def predict_labels(model: torch.nn.Module, image: np.ndarray, size: int | None,
-                   device: torch.device) -> np.ndarray:
-    """(H, W, 3) uint8 image -> (H, W) uint8 labels: argmax of M >= 2 channels, or saliency >= 0.5 of one."""
+def scores_to_probs(scores: torch.Tensor) -> torch.Tensor:
+    """A model's output as probabilities: softmax of M >= 2 logit channels; one channel already is one."""
+    if scores.ndim != 4 or scores.shape[0] != 1:
+        raise ValueError(f"model: expected a (1, M, H, W) output, got shape {tuple(scores.shape)}")
+    return scores if scores.shape[1] == 1 else scores.softmax(dim=1)
+
+
+def predict_labels(model: torch.nn.Module, image: np.ndarray, size: int | None, device: torch.device,
+                   scales: Sequence[float] = (1.0,), flip: bool = False) -> np.ndarray:
+    """(H, W, 3) uint8 image -> (H, W) uint8 labels: argmax of M >= 2 channels, or saliency >= 0.5 of one;
+    with ``scales`` / ``flip`` the probabilities are averaged as in evaluation (``multi_scale_probs``)."""
     height, width = image.shape[:2]
     x = torch.tensor(image, device=device).permute(2, 0, 1)[None].float().div_(255.0)
     if size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    scores = model(x).float()
-    if scores.ndim != 4 or scores.shape[0] != 1:
-        raise ValueError(f"model: expected a (1, M, H, W) output, got shape {tuple(scores.shape)}")
+    scores = multi_scale_probs(model, x, scales, flip, to_probs=scores_to_probs)
     if scores.shape[-2:] != (height, width):
         scores = F.interpolate(scores, size=(height, width), mode="bilinear", align_corners=False)
     channels = scores.shape[1]
@@ -105,7 +112,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=None,
                         help="model input side (default: the training size; 0: each image's own size)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0],
+                        help="average over the input resized by each factor, as evaluate.semantic_scales")
+    parser.add_argument("--flip", action="store_true", help="also average over mirror images (evaluate.semantic_flip)")
     args = parser.parse_args(argv)
+    try:
+        check_scales(args.scales)
+    except ValueError as err:
+        raise SystemExit(f"error: --scales: {err}") from None
     if args.size is not None and args.size < 0:
         raise SystemExit(f"error: --size must be >= 0, got {args.size}")
     if args.out.resolve() == args.images.resolve():
@@ -119,13 +133,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     size = trained_size if args.size is None else (args.size or None)
     model = model.to(device).eval()
 
-    summary: dict[str, Any] = {"model": described, "size": size, "images": len(images),
+    summary: dict[str, Any] = {"model": described, "size": size, "scales": args.scales, "flip": args.flip,
+                               "images": len(images),
                                "rule": "1-channel output: probability >= 0.5 -> 1, else 0; "
                                        "M >= 2 channels: argmax"}
     with atomic_dir(args.out) as tmp:
         for path in tqdm(images, desc="predict", unit="img", file=sys.stderr):
             image = read_image(path)  # a corrupt file raises naming it; the folder is then left as it was
-            labels = predict_labels(model, image, size, device)
+            labels = predict_labels(model, image, size, device, args.scales, args.flip)
             save_png(tmp / f"{path.stem}.png", labels)
             save_png(tmp / "preview" / f"{path.stem}.png", overlay(image, labels))
         atomic_write_json(tmp / "predict.json", summary)

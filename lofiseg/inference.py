@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,11 +20,17 @@ def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
     return scales
 
 
+def softmax_channels(scores: torch.Tensor) -> torch.Tensor:
+    return scores.softmax(dim=1)
+
+
 def multi_scale_probs(model: torch.nn.Module, images: torch.Tensor, scales: Sequence[float] = (1.0,),
-                      flip: bool = False) -> torch.Tensor:
-    """Softmax probabilities (N, M, H, W) of ``images`` (N, 3, H, W) averaged over inputs resized by each of
-    ``scales`` (bilinear, the maps resized back) and, with ``flip``, their mirror images: DeepLab's
-    multi-scale + flip test-time inference (Chen et al. 2018, Sec. 4.1)."""
+                      flip: bool = False,
+                      to_probs: Callable[[torch.Tensor], torch.Tensor] = softmax_channels) -> torch.Tensor:
+    """Probabilities (N, M, H, W) of ``images`` (N, 3, H, W) averaged over inputs resized by each of ``scales``
+    (bilinear, the maps resized back) and, with ``flip``, their mirror images: DeepLab's multi-scale + flip
+    test-time inference (Chen et al. 2018, Sec. 4.1). ``to_probs`` turns the model's output into
+    probabilities (default: softmax over channels, for logits)."""
     height, width = images.shape[-2:]
     total, count = None, 0
     for scale in check_scales(scales):
@@ -34,7 +40,7 @@ def multi_scale_probs(model: torch.nn.Module, images: torch.Tensor, scales: Sequ
             scaled = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
         views = [scaled, scaled.flip(-1)] if flip else [scaled]
         for index, view in enumerate(views):
-            probs = model(view).float().softmax(dim=1)
+            probs = to_probs(model(view).float())
             if index == 1:
                 probs = probs.flip(-1)
             if probs.shape[-2:] != (height, width):

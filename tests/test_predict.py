@@ -53,6 +53,30 @@ def test_labels_argmax_and_saliency_threshold_by_hand() -> None:
     assert (resized[:, :12] == 0).all() and (resized[:, 18:] == 1).all()  # away from the 0.5 crossing
 
 
+def test_test_time_scales_and_flip_average_probabilities_of_either_kind() -> None:
+    image = ramp(3, 6)  # pointwise models on a flat-in-y ramp: mirroring in and back changes nothing
+    expected = np.tile(np.array([0, 0, 0, 1, 1, 1], np.uint8), (3, 1))
+    for model in (RedLogits(), RedProbability()):  # a 1-channel probability must not be softmaxed (all 1)
+        np.testing.assert_array_equal(predict.predict_labels(model, image, None, CPU, flip=True), expected)
+
+
+def test_predict_with_test_time_scales(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    save_bundle(tmp_path / "bundle/model.pt", build_model(arch="tiny_unet", num_classes=3, width=4),
+                {"image_size": 32})
+    images = make_images(tmp_path / "images", corrupt=False)
+    argv = ["--model", str(tmp_path / "bundle"), "--images", str(tmp_path / "images"), "--out", str(tmp_path / "o")]
+    predict.main([*argv, "--scales", "1", "1.5", "--flip"])
+    loaded, _ = load_bundle(tmp_path / "bundle/model.pt")
+    for stem, image in images.items():
+        np.testing.assert_array_equal(read_mask(tmp_path / "o" / f"{stem}.png"),
+                                      predict.predict_labels(loaded, image, 32, CPU, (1.0, 1.5), True))
+    summary = json.loads((tmp_path / "o/predict.json").read_text())
+    assert (summary["scales"], summary["flip"]) == ([1.0, 1.5], True)
+    with pytest.raises(SystemExit, match=r"--scales: test-time scales must be positive factors, got \[1.0, 0.0\]"):
+        predict.main([*argv, "--scales", "1", "0"])
+
+
 def make_images(folder: Path, corrupt: bool) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     images = {"a": rng.integers(0, 256, (20, 28, 3), dtype=np.uint8),
