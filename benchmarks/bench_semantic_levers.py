@@ -267,7 +267,7 @@ def cell(value: float | None, fmt: str = ".3f") -> str:
 
 
 def report(args: argparse.Namespace, variants: dict[str, dict], results: dict[str, dict], upper: dict,
-           classes: list[str], notes: list[str]) -> str:
+           classes: list[str], notes: list[str], per_class: int) -> str:
     rows, iou_rows, frac_rows = [], [], []
     for name, res in results.items():
         single = res.get("single_class", {})
@@ -292,8 +292,8 @@ def report(args: argparse.Namespace, variants: dict[str, dict], results: dict[st
         "",
         f"`.venv/bin/python -m benchmarks.bench_semantic_levers --workdir {args.workdir} --variants "
         f"{' '.join(results)}{' --data ' + ' '.join(args.data) if args.data else ''}`: the real stages in-process "
-        f"on the synthetic data ({'default' if not args.data else 'with the --data overrides'}; web: 48 train images "
-        "per class at 64 px; scenes test split for DeepLab), repository params.yaml plus each variant's overrides. "
+        f"on the synthetic data ({'default' if not args.data else 'with the --data overrides'}; web: {per_class} "
+        "train images per class at 64 px; scenes test split for DeepLab), repository params.yaml plus each variant's overrides. "
         "Stage outputs are reused across variants when their params are unchanged.",
         "",
         f"Upper bound: DeepLab trained on scenes ground truth, {upper['source']}: mIoU {upper['miou']:.3f}. "
@@ -374,6 +374,7 @@ def main() -> None:
     results: dict[str, dict] = {n: r for n, r in previous.get("results", {}).items() if n not in variants}
     variants = {**{n: previous["variants"][n] for n in results}, **variants}
     classes = list(base_params.web.classes)
+    per_class = base_params.synthetic.web.per_class
     notes = [args.notes.read_text()] if args.notes else []
     for name in [n for n in variants if n not in results]:
         started = time.perf_counter()
@@ -384,8 +385,8 @@ def main() -> None:
               f" pseudo {(results[name].get('pseudo_labels') or {}).get('miou')} "
               f"({time.perf_counter() - started:.0f} s)", flush=True)
         atomic_write_json(results_file, {"upper": upper, "variants": variants, "results": results})
-        atomic_write_text(args.out, report(args, variants, results, upper, classes, notes))
-    print(report(args, variants, results, upper, classes, notes))
+        atomic_write_text(args.out, report(args, variants, results, upper, classes, notes, per_class))
+    print(report(args, variants, results, upper, classes, notes, per_class))
 
 
 if __name__ == "__main__":
