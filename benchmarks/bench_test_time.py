@@ -49,9 +49,10 @@ def parse_setting(text: str) -> tuple[str, dict[str, Any]]:
     return name, {"semantic_scales": scales or [1.0], "semantic_flip": flip}
 
 
-def bundle(work: Path, base: dict, supervision: str, seed: int) -> Path:
-    """The seed's model of ``supervision``: the repository's for the params seed, else trained in ``work``."""
-    if seed == base["seed"]:
+def bundle(work: Path, base: dict, supervision: str, seed: int, own: bool = False) -> Path:
+    """The seed's model of ``supervision``: the repository's for the params seed (unless ``own``: the training
+    params differ from the repository's), else trained in ``work``."""
+    if seed == base["seed"] and not own:
         return PROJECT / "models" / "deeplab" / supervision / "model.pt"
     out = work / f"seed{seed}" / supervision
     if not (out / "model.pt").is_file():
@@ -87,12 +88,16 @@ def report(args: argparse.Namespace, settings: dict, scores: dict, notes: str) -
         "# DeepLab test-time inference: multi-scale and flip, over seeds",
         "",
         f"`.venv/bin/python -m benchmarks.bench_test_time --workdir {args.workdir} --seeds "
-        f"{' '.join(map(str, args.seeds))} --split {args.split} " + " ".join(f'--setting "{n}"' for n in args.raw_settings) + "`",
+        f"{' '.join(map(str, args.seeds))} --split {args.split} "
+        + "".join(f"--train {t} " for t in args.train) + " ".join(f'--setting "{n}"' for n in args.raw_settings) + "`",
         "",
         f"mIoU on the scenes {args.split} split (`score_deeplab`, as `evaluate_semantic`) of DeepLab trained on the pseudo "
         "labels (pseudo), on scenes ground truth (gt, the upper bound) and on the web images' ground truth (web_gt, "
-        "the ceiling; seed of params.yaml only). The seed of params.yaml is the repository's `dvc repro` models; "
-        "the others are trained by `stages.train_deeplab` with only `seed` changed. Inference: the softmax averaged "
+        + (f"the ceiling: not trained with --train). Every model is trained here by `stages.train_deeplab` with "
+           f"params.yaml plus {', '.join(args.train)} and the seed. " if args.train else
+           "the ceiling; seed of params.yaml only). The seed of params.yaml is the repository's `dvc repro` models; "
+           "the others are trained by `stages.train_deeplab` with only `seed` changed. ")
+        + "Inference: the softmax averaged "
         "over the test image resized by each scale (64 px x scale) and, with flip, its mirror image.",
         "",
         markdown_table(["setting", "scales", "flip", "pseudo mIoU", "gt mIoU (upper bound)",
@@ -115,9 +120,13 @@ def main() -> None:
                         help='"name scale ... [flip]", e.g. "ms 1.0 1.5 2.0 flip"')
     parser.add_argument("--split", default="test", choices=["val", "test"],
                         help="score on this split of the scenes (val: to choose a setting without the test split)")
+    parser.add_argument("--train", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="train_deeplab overrides for every model trained here, e.g. train_deeplab.lr_policy=poly "
+                             "(then no repository model is used)")
     parser.add_argument("--notes", type=Path, help="markdown appended to the result (hand-written conclusions)")
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args()
+    args.out = args.out.resolve()  # before the chdir into the work folder
     args.raw_settings = args.raw_settings or ["plain 1.0"]
     settings = dict(parse_setting(t) for t in args.raw_settings)
     work = args.workdir.resolve()
@@ -125,11 +134,18 @@ def main() -> None:
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work}/mlflow.db")
     os.environ.setdefault("MLFLOW_ARTIFACT_ROOT", str(work / "artifacts"))
     base = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    for pair in args.train:
+        key, _, value = pair.partition("=")
+        section, _, leaf = key.partition(".")
+        if section != "train_deeplab" or not leaf:  # the key itself is validated with the params below
+            parser.error(f"--train {pair!r}: expected train_deeplab.<key>=<value>")
+        base["train_deeplab"][leaf] = yaml.safe_load(value)
     params = {name: parse_params({**base, "evaluate": {**base["evaluate"], **s}}, f"setting {name}")
               for name, s in settings.items()}
     os.chdir(work)
-    models = {seed: {sup: bundle(work, base, sup, seed) for sup in ("pseudo", "gt")} for seed in args.seeds}
-    if base["seed"] in args.seeds and (PROJECT / "models" / "deeplab" / "web_gt" / "model.pt").is_file():
+    own = bool(args.train)
+    models = {seed: {sup: bundle(work, base, sup, seed, own) for sup in ("pseudo", "gt")} for seed in args.seeds}
+    if base["seed"] in args.seeds and not own and (PROJECT / "models" / "deeplab" / "web_gt" / "model.pt").is_file():
         models[base["seed"]]["web_gt"] = PROJECT / "models" / "deeplab" / "web_gt" / "model.pt"
     scores: dict[str, dict[int, dict[str, float]]] = {}
     for name in settings:

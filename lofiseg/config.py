@@ -320,6 +320,8 @@ class TrainDeeplabParams(StrictModel):
     epochs: PositiveInt = 12
     batch_size: PositiveInt = 8
     lr: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-3
+    lr_policy: Literal["constant", "poly"] = "constant"  # poly: DeepLab's lr * (1 - epoch / epochs) ** poly_power
+    poly_power: Annotated[float, Field(gt=0.0, le=10.0)] = 0.9
     flip: bool = True
     blur: bool = True
     rescale: tuple[Annotated[float, Field(gt=0.0)], Annotated[float, Field(gt=0.0)]] | None = (0.5, 2.0)

@@ -53,6 +53,20 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
+def poly_lr(base_lr: float, epoch: int, epochs: int, power: float = 0.9) -> float:
+    """DeepLab's "poly" learning-rate policy (Chen et al. 2018, Sec. 4.1), stepped per epoch:
+    ``base_lr * (1 - epoch / epochs) ** power`` for epoch 0 .. epochs - 1, a function of the epoch only, so a
+    resumed run continues the same schedule."""
+    if not 0 <= epoch < epochs:
+        raise ValueError(f"poly_lr: epoch {epoch} outside 0 .. {epochs - 1}")
+    return base_lr * (1.0 - epoch / epochs) ** power
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
 def epoch_batches(split: TensorSplit, batch_size: int, seed: int,
                   augment: Sequence[Augment] = ()) -> Callable[[int], Iterator[dict[str, torch.Tensor]]]:
     """The Trainer's ``batches(epoch)``: ``split`` shuffled and augmented with :func:`epoch_generator`, so an

@@ -2,7 +2,8 @@
 
 Veksler Sec. 4.3: a multi-class segmentation CNN trained with CE (ignore 255) on the union of the pseudo
 ground truth (``--supervision pseudo``, ``--data data/pseudo_gt``), with random horizontal flips, Gaussian blur
-and rescaling, Adam at ``train_deeplab.lr``. ``--supervision gt`` trains the same network on the ground truth
+and rescaling, Adam at ``train_deeplab.lr``, constant or decayed by DeepLab's "poly" policy (``lr_policy``; the
+paper follows DeepLab's training "except our initial learning rate is 0.001"). ``--supervision gt`` trains the same network on the ground truth
 of ``train_deeplab.gt_dataset`` under ``--data`` (masks remapped by class name to the label space
 ``Params.semantic_classes()``): the upper bound. ``--supervision web_gt`` trains it on the web images' own
 ground truth where they have it (synthetic web sets): the pseudo labels' ceiling, which separates the loss due
@@ -58,7 +59,15 @@ from lofiseg.metrics.semantic import ConfusionMeter
 from lofiseg.models import build_model
 from lofiseg.single_class import web_class
 from lofiseg.tracking import Tracker, standard_tags
-from lofiseg.training import epoch_batches, fingerprint, load_checkpoint, resolve_device, seed_everything
+from lofiseg.training import (
+    epoch_batches,
+    fingerprint,
+    load_checkpoint,
+    poly_lr,
+    resolve_device,
+    seed_everything,
+    set_lr,
+)
 from lofiseg.viz import colorize_labels, image_grid, save_png
 from stages.common import log, run, stage_parser
 from stages.outputs import log_training_outputs, save_training_outputs
@@ -284,7 +293,11 @@ def train_deeplab(args: argparse.Namespace, params: Params, ctx: DistContext, de
                                 "val_source": data.val_source})
         net: torch.nn.Module = model  # the DDP wrapper once resumed: it shares the model's parameters
 
+        def epoch_lr(epoch: int) -> float:
+            return poly_lr(cfg.lr, epoch, cfg.epochs, cfg.poly_power) if cfg.lr_policy == "poly" else cfg.lr
+
         def step(_model: torch.nn.Module, batch: dict[str, torch.Tensor], epoch: int) -> torch.Tensor:
+            set_lr(optimizer, epoch_lr(epoch))
             # the slice's mean CE times W n_r / N: DDP's gradient average is the global batch's (distributed.py)
             return cross_entropy_loss(net(batch["image"]), batch["mask"]) * batch["loss_weight"]
 
@@ -300,6 +313,7 @@ def train_deeplab(args: argparse.Namespace, params: Params, ctx: DistContext, de
             summed = all_reduce_sum(local.to(device), ctx).cpu()
             scores = val_metrics(semantic_eval(model, data.val, len(classes), cfg.batch_size, device, ctx), classes)
             out = {"train_loss": float(summed[0]) / ctx.world_size, "images_per_s": float(summed[1]),
+                   "lr": epoch_lr(epoch),
                    "val_miou": scores["miou"], "val_pixel_acc": scores["pixel_acc"]}
             tracker.log_metrics({**metrics, **out, **{f"val_{k}": v for k, v in scores.items()}}, step=epoch)
             return out

@@ -228,7 +228,8 @@ def test_killed_run_resumes_under_torchrun_and_matches_one_process(tracking_env)
     on CPU (no SyncBatchNorm there), which the DDP-math test below covers with a BatchNorm-free network.
     """
     root = tracking_env
-    params = _params(root, "params-same.yaml", {**TRAIN, "epochs": 4, "flip": False, "blur": False, "rescale": None})
+    params = _params(root, "params-same.yaml", {**TRAIN, "epochs": 4, "flip": False, "blur": False, "rescale": None,
+                                                "lr_policy": "poly"})  # the schedule must resume where it was
     args = ["--params", params, "--supervision", "pseudo", "--data", str(root / "same")]
     train_deeplab.main([*args, "--out", str(root / "straight"), "--checkpoints", str(root / "ck-straight")])
 
@@ -256,6 +257,8 @@ def test_killed_run_resumes_under_torchrun_and_matches_one_process(tracking_env)
     assert ddp["info"]["world_size"] == 2 and ddp["info"]["mlflow_run_id"] == state["meta"]["run_id"]
     history = json.loads((root / "resumed" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [0, 1, 2, 3]
+    # poly by hand: 1e-3 (1 - e / 4) ** 0.9 = 1e-3, 7.719e-4, 5.359e-4, 2.872e-4
+    assert [h["lr"] for h in history] == pytest.approx([1e-3, 7.7193e-4, 5.3589e-4, 2.8717e-4], rel=1e-4)
     done = state["epoch"] + 1
     assert history[:done] == state["history"]  # epochs before the kill come from the checkpoint as they were
     reference = json.loads((root / "straight" / "history.json").read_text())

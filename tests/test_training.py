@@ -7,7 +7,15 @@ import torch
 import torch.nn.functional as F
 
 from lofiseg.data.loading import TensorSplit, iterate_batches, random_blur, random_flip, random_rescale
-from lofiseg.training import Trainer, epoch_generator, load_checkpoint, resolve_device, seed_everything
+from lofiseg.training import (
+    Trainer,
+    epoch_generator,
+    load_checkpoint,
+    poly_lr,
+    resolve_device,
+    seed_everything,
+    set_lr,
+)
 
 
 def _split() -> TensorSplit:
@@ -98,3 +106,15 @@ def test_resolve_device(monkeypatch):
         monkeypatch.delenv("LOFISEG_DEVICE")
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_poly_lr_by_hand_and_set_lr():
+    # DeepLab's poly: base (1 - e / E) ** 0.9; E = 10: e = 0 -> base, e = 5 -> base 0.5 ** 0.9 = 0.535887 base
+    assert poly_lr(0.01, 0, 10) == 0.01
+    assert poly_lr(0.01, 5, 10) == pytest.approx(0.005358867, rel=1e-6)
+    assert poly_lr(0.01, 9, 10, power=1.0) == pytest.approx(0.001)  # linear with power 1; never 0 in training
+    with pytest.raises(ValueError, match=r"epoch 10 outside 0 .. 9"):
+        poly_lr(0.01, 10, 10)
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    set_lr(optimizer, 0.02)
+    assert [g["lr"] for g in optimizer.param_groups] == [0.02]
