@@ -82,6 +82,28 @@ def set_dotted(params: dict, dotted: str, value: Any, name: str) -> None:
     node[leaf] = value
 
 
+def work_folder(path: Path) -> Path:
+    """``path`` resolved and created, with MLflow tracking into it (unless set), never into the repository."""
+    work = path.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work}/mlflow.db")
+    os.environ.setdefault("MLFLOW_ARTIFACT_ROOT", str(work / "artifacts"))
+    if str(PROJECT) in os.environ["MLFLOW_TRACKING_URI"]:
+        raise SystemExit("MLFLOW_TRACKING_URI must not point into the repository")
+    return work
+
+
+def params_with(pairs: list[str], section: str, flag: str, parser: argparse.ArgumentParser) -> dict:
+    """The repository's params.yaml with each ``section.<key>=<value>`` of ``flag`` set (values in YAML)."""
+    base = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if not key.startswith(f"{section}.") or not value:
+            parser.error(f"{flag} {pair!r}: expected {section}.<key>=<value>")
+        set_dotted(base, key, yaml.safe_load(value), flag)
+    return base
+
+
 def apply_overrides(base: dict, overrides: dict[str, Any], name: str) -> dict:
     """A deep copy of ``base`` with every dotted key set; an unknown path or section is an error naming it."""
     out = copy.deepcopy(base)
@@ -345,18 +367,8 @@ def main() -> None:
     variants.update(dict(args.variant))
     if args.threads:
         torch.set_num_threads(args.threads)
-    work = args.workdir.resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work}/mlflow.db")
-    os.environ.setdefault("MLFLOW_ARTIFACT_ROOT", str(work / "artifacts"))
-    if "/work/main" in os.environ["MLFLOW_TRACKING_URI"]:
-        raise SystemExit("MLFLOW_TRACKING_URI must not point into the repository")
-    base = yaml.safe_load((PROJECT / "params.yaml").read_text())
-    for pair in args.data:
-        key, _, value = pair.partition("=")
-        if not key.startswith("synthetic.") or not value:
-            parser.error(f"--data {pair!r}: expected synthetic.<key>=<value>")
-        set_dotted(base, key, yaml.safe_load(value), "--data")
+    work = work_folder(args.workdir)
+    base = params_with(args.data, "synthetic", "--data", parser)
     raws = {name: apply_overrides(base, over, name) for name, over in variants.items()}
     for name, raw in raws.items():
         parse_params(raw, f"variant {name}")  # every variant validated before any work

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import yaml
 
-from benchmarks.bench_semantic_levers import apply_overrides, digest, parse_variant, set_dotted
+from benchmarks.bench_semantic_levers import apply_overrides, digest, params_with, parse_variant, work_folder
 from benchmarks.bench_single_class import test_scores
 from lofiseg.atomic import atomic_write_json, atomic_write_text
 from lofiseg.bundle import load_bundle
@@ -101,16 +101,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args()
     variants = dict(args.variant) or {"base": {}}
-    work = args.workdir.resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work}/mlflow.db")
-    os.environ.setdefault("MLFLOW_ARTIFACT_ROOT", str(work / "artifacts"))
-    base = yaml.safe_load((PROJECT / "params.yaml").read_text())
-    for pair in args.data:
-        key, _, value = pair.partition("=")
-        if not key.startswith("synthetic.") or not value:
-            parser.error(f"--data {pair!r}: expected synthetic.<key>=<value>")
-        set_dotted(base, key, yaml.safe_load(value), "--data")
+    work = work_folder(args.workdir)
+    base = params_with(args.data, "synthetic", "--data", parser)
     raws = {(name, seed): apply_overrides(base, {**over, "seed": seed}, name)
             for name, over in variants.items() for seed in args.seeds}
     classes = list(base["web"]["classes"])

@@ -15,7 +15,6 @@ DeepLab-on-GT (the upper bound) with the same setting, per seed and of the seed 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
@@ -27,6 +26,7 @@ from typing import Any
 import torch
 import yaml
 
+from benchmarks.bench_semantic_levers import params_with, work_folder
 from lofiseg.atomic import atomic_write_json, atomic_write_text
 from lofiseg.config import parse_params
 from lofiseg.reports import markdown_table
@@ -129,17 +129,8 @@ def main() -> None:
     args.out = args.out.resolve()  # before the chdir into the work folder
     args.raw_settings = args.raw_settings or ["plain 1.0"]
     settings = dict(parse_setting(t) for t in args.raw_settings)
-    work = args.workdir.resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work}/mlflow.db")
-    os.environ.setdefault("MLFLOW_ARTIFACT_ROOT", str(work / "artifacts"))
-    base = yaml.safe_load((PROJECT / "params.yaml").read_text())
-    for pair in args.train:
-        key, _, value = pair.partition("=")
-        section, _, leaf = key.partition(".")
-        if section != "train_deeplab" or not leaf:  # the key itself is validated with the params below
-            parser.error(f"--train {pair!r}: expected train_deeplab.<key>=<value>")
-        base["train_deeplab"][leaf] = yaml.safe_load(value)
+    work = work_folder(args.workdir)
+    base = params_with(args.train, "train_deeplab", "--train", parser)
     params = {name: parse_params({**base, "evaluate": {**base["evaluate"], **s}}, f"setting {name}")
               for name, s in settings.items()}
     os.chdir(work)
@@ -159,7 +150,7 @@ def main() -> None:
             entry["seconds"] = time.perf_counter() - started
             scores[name][seed] = entry
             print(f"== {name} seed {seed}: {json.dumps({k: round(v, 4) for k, v in entry.items()})}", flush=True)
-    atomic_write_json(work / "results.json", {"settings": settings, "scores": copy.deepcopy(scores)})
+    atomic_write_json(work / "results.json", {"settings": settings, "scores": scores})
     notes = args.notes.read_text() if args.notes else ""
     atomic_write_text(args.out, report(args, settings, scores, notes))
     print(args.out.read_text())
