@@ -20,6 +20,15 @@ def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
     return scales
 
 
+def rescale_images(images: torch.Tensor, scale: float) -> torch.Tensor:
+    """``images`` (N, C, H, W) resized by ``scale`` (bilinear, each side at least 8 px); as they are at 1."""
+    if scale == 1.0:
+        return images
+    height, width = images.shape[-2:]
+    size = (max(8, round(height * scale)), max(8, round(width * scale)))
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+
+
 def softmax_channels(scores: torch.Tensor) -> torch.Tensor:
     return scores.softmax(dim=1)
 
@@ -34,10 +43,7 @@ def multi_scale_probs(model: torch.nn.Module, images: torch.Tensor, scales: Sequ
     height, width = images.shape[-2:]
     total, count = None, 0
     for scale in check_scales(scales):
-        scaled = images
-        if scale != 1.0:
-            size = (max(8, round(height * scale)), max(8, round(width * scale)))
-            scaled = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        scaled = rescale_images(images, scale)
         views = [scaled, scaled.flip(-1)] if flip else [scaled]
         for index, view in enumerate(views):
             probs = to_probs(model(view).float())

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from lofiseg.crf import CRFParams, cluster_descriptors, merge_small_regions
 from lofiseg.heads import descriptor_kind, descriptor_model
+from lofiseg.inference import rescale_images
 from lofiseg.losses.discriminative import DELTA_D
 from lofiseg.meanshift import cosine_threshold, mean_shift, refine_multiresolution
 from lofiseg.metrics.agnostic import AgnosticMeter
@@ -80,10 +81,7 @@ def predict_descriptors(model: torch.nn.Module, images: torch.Tensor, method: st
     head.eval()
     out = []
     for start in range(0, images.shape[0], batch_size):
-        batch = images[start:start + batch_size].to(device).float().div(255.0)
-        if scale != 1.0:
-            size = max(8, int(round(batch.shape[-1] * scale)))
-            batch = F.interpolate(batch, size=(size, size), mode="bilinear", align_corners=False)
+        batch = rescale_images(images[start:start + batch_size].to(device).float().div(255.0), scale)
         out.append(head(batch).float().cpu())
     model.train(was_training)
     return torch.cat(out)
