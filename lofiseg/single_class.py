@@ -21,7 +21,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -41,17 +40,6 @@ ARCH_KEYS = ("arch", "num_classes", "encoder", "width", "encoder_depth", "normal
 def class_records(dataset: Dataset, cls: str, split: str = "train") -> list[Record]:
     """The records of ``split`` tagged ``cls`` (the class's web images)."""
     return [r for r in dataset.split(split) if cls in r.tags]
-
-
-def web_class(record: Record, classes: Sequence[str]) -> str | None:
-    """The web class ``record`` is tagged with (its first tag in ``classes``), or None."""
-    return next((t for t in record.tags if t in classes), None)
-
-
-def web_truth_labels(mask: np.ndarray, class_id: int) -> np.ndarray:
-    """A web image's ground-truth mask as semantic labels: its object (any label > 0) -> ``class_id``, ignore
-    (255) kept, the rest (confusers of other classes included) background 0. Used only to measure."""
-    return np.where(mask == IGNORE, IGNORE, np.where(mask > 0, class_id, 0)).astype(np.uint8)
 
 
 def negative_records(dataset: Dataset, cls: str, split: str = "train") -> list[Record]:

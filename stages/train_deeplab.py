@@ -34,7 +34,7 @@ from lofiseg.atomic import atomic_dir, atomic_write_json
 from lofiseg.bundle import load_bundle
 from lofiseg.config import Params, ParamsError, load_params
 from lofiseg.data.format import IGNORE, Dataset, DatasetFormatError, Record
-from lofiseg.data.labels import CLASSES_FILE, read_class_names, remap_labels
+from lofiseg.data.labels import CLASSES_FILE, read_class_names, remap_labels, web_class
 from lofiseg.data.loading import (
     TensorSplit,
     iterate_batches,
@@ -54,10 +54,9 @@ from lofiseg.distributed import (
     shard_batches,
     wrap_model,
 )
-from lofiseg.losses import cross_entropy_loss
+from lofiseg.losses.ce import cross_entropy_loss
 from lofiseg.metrics.semantic import ConfusionMeter
 from lofiseg.models import build_model
-from lofiseg.single_class import web_class
 from lofiseg.tracking import Tracker, standard_tags
 from lofiseg.training import (
     epoch_batches,

@@ -1,4 +1,4 @@
-"""remap_labels: a data set's class ids to another label space, by class name."""
+"""remap_labels: a data set's class ids to another label space, by class name; the web images' labels."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from lofiseg.data.format import DatasetFormatError
+from lofiseg.data.format import DatasetFormatError, Record
 from lofiseg.data.labels import (
     class_names_json,
     label_lookup,
     read_class_names,
     remap_labels,
+    web_class,
+    web_truth_labels,
 )
 from lofiseg.data.masks import VOC_CLASSES
 
@@ -73,3 +75,13 @@ def test_classes_json_round_trip(tmp_path):
     with pytest.raises(DatasetFormatError, match="classes.json"):
         read_class_names(tmp_path)
     assert len(VOC_CLASSES) == 21 and VOC_CLASSES[0] == "background"
+
+
+def test_web_truth_labels_give_the_object_its_class_id_and_keep_ignore():
+    mask = np.array([[0, 1, 2], [255, 3, 0]], dtype=np.uint8)
+    labels = web_truth_labels(mask, 3)
+    assert labels.dtype == np.uint8
+    assert labels.tolist() == [[0, 3, 3], [255, 3, 0]]  # 255 is not overflowed into another class
+    record = Record("a", "train", ("web", "leaf"), "images/a.png", "", "web", "0")
+    assert web_class(record, ["sun", "leaf"]) == "leaf"
+    assert web_class(record, ["sun"]) is None

@@ -6,7 +6,6 @@ import json
 import math
 import shutil
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -15,7 +14,7 @@ from mlflow.tracking import MlflowClient
 import lofiseg.training
 from lofiseg.bundle import load_bundle
 from lofiseg.config import RegularizedScheduleParams, WebParams
-from lofiseg.data.format import Dataset, DatasetFormatError, DatasetWriter, Record, Sample
+from lofiseg.data.format import Dataset, DatasetFormatError, DatasetWriter, Sample
 from lofiseg.data.loading import TensorSplit
 from lofiseg.data.synthetic import generate_saliency, generate_web
 from lofiseg.data.web import collect_web_images
@@ -31,8 +30,6 @@ from lofiseg.single_class import (
     paired_batches,
     regularized_loss,
     training_plan,
-    web_class,
-    web_truth_labels,
 )
 from stages import train_single
 from tests.pipeline_repo import PROJECT, TINY, deep_merge
@@ -125,18 +122,6 @@ def test_regularized_loss_takes_the_volumetric_sizes_from_params():
     assert volumetric.item() == pytest.approx(0.01 + 5 * 0.0025, rel=1e-5)
     with pytest.raises(ValueError, match="volumetric_min 0.4 must not exceed volumetric_target 0.3"):
         RegularizedScheduleParams(volumetric_target=0.3, volumetric_min=0.4)
-
-
-def test_web_truth_labels_give_the_object_its_class_id_and_keep_ignore():
-    mask = np.array([[0, 1, 2], [255, 3, 0]], dtype=np.uint8)
-    labels = web_truth_labels(mask, 3)
-    assert labels.dtype == np.uint8
-    assert labels.tolist() == [[0, 3, 3], [255, 3, 0]]  # 255 is not overflowed into another class
-    record = Record("a", "train", ("web", "leaf"), "images/a.png", "", "web", "0")
-    assert web_class(record, ["sun", "leaf"]) == "leaf"
-    assert web_class(record, ["sun"]) is None
-
-
 
 
 def test_regularized_step_follows_the_plan_and_averages_the_terms():

@@ -18,7 +18,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from lofiseg.data.format import IGNORE, DatasetFormatError
+from lofiseg.data.format import IGNORE, DatasetFormatError, Record
 
 CLASSES_FILE = "classes.json"
 BACKGROUND = "background"
@@ -108,3 +108,14 @@ def read_class_names(root: str | os.PathLike) -> list[str] | None:
 def class_names_json(classes: Sequence[str]) -> bytes:
     """``classes.json`` content for a label space (for ``DatasetWriter.add_file``)."""
     return (json.dumps(_check_classes("classes", classes)) + "\n").encode()
+
+
+def web_class(record: Record, classes: Sequence[str]) -> str | None:
+    """The web class ``record`` is tagged with (its first tag in ``classes``), or None."""
+    return next((t for t in record.tags if t in classes), None)
+
+
+def web_truth_labels(mask: np.ndarray, class_id: int) -> np.ndarray:
+    """A web image's ground-truth mask as semantic labels: its object (any label > 0) -> ``class_id``, ignore
+    (255) kept, the rest (confusers of other classes included) background 0. Used only to measure."""
+    return np.where(mask == IGNORE, IGNORE, np.where(mask > 0, class_id, 0)).astype(np.uint8)
