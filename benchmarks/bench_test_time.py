@@ -56,7 +56,7 @@ def bundle(work: Path, base: dict, supervision: str, seed: int, own: bool = Fals
         return PROJECT / "models" / "deeplab" / supervision / "model.pt"
     out = work / f"seed{seed}" / supervision
     if not (out / "model.pt").is_file():
-        params_file = work / f"params-seed{seed}.yaml"
+        params_file = work / f"params-seed{seed}-{supervision}.yaml"
         params_file.write_text(yaml.safe_dump({**base, "seed": seed}, sort_keys=False))
         started = time.perf_counter()
         train_deeplab.main(["--params", str(params_file), "--supervision", supervision, "--data",
@@ -89,7 +89,9 @@ def report(args: argparse.Namespace, settings: dict, scores: dict, notes: str) -
         "",
         f"`.venv/bin/python -m benchmarks.bench_test_time --workdir {args.workdir} --seeds "
         f"{' '.join(map(str, args.seeds))} --split {args.split} "
-        + "".join(f"--train {t} " for t in args.train) + " ".join(f'--setting "{n}"' for n in args.raw_settings) + "`",
+        + (f"--train {' '.join(args.train)} " if args.train else "")
+        + ("" if args.train_gt is None else f"--train-gt {' '.join(args.train_gt)} ")
+        + " ".join(f'--setting "{n}"' for n in args.raw_settings) + "`",
         "",
         f"mIoU on the scenes {args.split} split (`score_deeplab`, as `evaluate_semantic`) of DeepLab trained on the pseudo "
         "labels (pseudo), on scenes ground truth (gt, the upper bound) and on the web images' ground truth (web_gt, "
@@ -97,6 +99,9 @@ def report(args: argparse.Namespace, settings: dict, scores: dict, notes: str) -
            f"params.yaml plus {', '.join(args.train)} and the seed. " if args.train else
            "the ceiling; seed of params.yaml only). The seed of params.yaml is the repository's `dvc repro` models; "
            "the others are trained by `stages.train_deeplab` with only `seed` changed. ")
+        + ("" if args.train_gt is None else
+           f"The upper bound (gt) is trained with params.yaml plus {', '.join(args.train_gt)} and the seed instead. "
+           if args.train_gt else "The upper bound (gt) is params.yaml's as is (the repository's model for the params seed). ")
         + "Inference: the softmax averaged "
         "over the test image resized by each scale (64 px x scale) and, with flip, its mirror image.",
         "",
@@ -123,6 +128,9 @@ def main() -> None:
     parser.add_argument("--train", nargs="*", default=[], metavar="KEY=VALUE",
                         help="train_deeplab overrides for every model trained here, e.g. train_deeplab.lr_policy=poly "
                              "(then no repository model is used)")
+    parser.add_argument("--train-gt", nargs="*", metavar="KEY=VALUE",
+                        help="the upper bound's overrides when they differ from --train's (given alone: params.yaml "
+                             "as is), e.g. to measure a lever for the web-trained model against the best upper bound")
     parser.add_argument("--notes", type=Path, help="markdown appended to the result (hand-written conclusions)")
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args()
@@ -131,11 +139,14 @@ def main() -> None:
     settings = dict(parse_setting(t) for t in args.raw_settings)
     work = work_folder(args.workdir)
     base = params_with(args.train, "train_deeplab", "--train", parser)
+    gt_train = args.train if args.train_gt is None else args.train_gt
+    base_gt = params_with(gt_train, "train_deeplab", "--train-gt", parser)
     params = {name: parse_params({**base, "evaluate": {**base["evaluate"], **s}}, f"setting {name}")
               for name, s in settings.items()}
     os.chdir(work)
     own = bool(args.train)
-    models = {seed: {sup: bundle(work, base, sup, seed, own) for sup in ("pseudo", "gt")} for seed in args.seeds}
+    models = {seed: {"pseudo": bundle(work, base, "pseudo", seed, own),
+                     "gt": bundle(work, base_gt, "gt", seed, bool(gt_train))} for seed in args.seeds}
     if base["seed"] in args.seeds and not own and (PROJECT / "models" / "deeplab" / "web_gt" / "model.pt").is_file():
         models[base["seed"]]["web_gt"] = PROJECT / "models" / "deeplab" / "web_gt" / "model.pt"
     scores: dict[str, dict[int, dict[str, float]]] = {}

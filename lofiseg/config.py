@@ -308,6 +308,15 @@ def _deeplab_model() -> ModelParams:
                        freeze_encoder=False)
 
 
+class MosaicParams(StrictModel):
+    """Per ``train_deeplab@<supervision>``: the chance a training image becomes a 2x2 mosaic of four half-size
+    images of its batch (beyond the paper): the web images' one large object becomes scene-like layouts."""
+
+    pseudo: Probability = 0.0
+    gt: Probability = 0.0
+    web_gt: Probability = 0.0
+
+
 class TrainDeeplabParams(StrictModel):
     """``train_deeplab@pseudo`` (union of pseudo ground truth) and ``train_deeplab@gt`` (the upper bound).
 
@@ -325,9 +334,18 @@ class TrainDeeplabParams(StrictModel):
     flip: bool = True
     blur: bool = True
     rescale: tuple[Annotated[float, Field(gt=0.0)], Annotated[float, Field(gt=0.0)]] | None = (0.5, 2.0)
+    mosaic: MosaicParams = Field(default_factory=lambda: MosaicParams())
     model: ModelParams = Field(default_factory=_deeplab_model)
     device: str = "auto"
     amp: bool = True
+
+    @model_validator(mode="after")
+    def _mosaic_size(self) -> TrainDeeplabParams:
+        used = {name: prob for name, prob in self.mosaic.model_dump().items() if prob > 0}
+        if used and self.image_size % 2:
+            raise ValueError(f"mosaic {used} tiles four half-size images: image_size must be even, "
+                             f"got {self.image_size}")
+        return self
 
 
 class TrainRegionsParams(StrictModel):

@@ -2,9 +2,10 @@
 
 Veksler Sec. 4.3: a multi-class segmentation CNN trained with CE (ignore 255) on the union of the pseudo
 ground truth (``--supervision pseudo``, ``--data data/pseudo_gt``), with random horizontal flips, Gaussian blur
-and rescaling, Adam at ``train_deeplab.lr``, constant or decayed by DeepLab's "poly" policy (``lr_policy``; the
-paper follows DeepLab's training "except our initial learning rate is 0.001"). ``--supervision gt`` trains the same network on the ground truth
-of ``train_deeplab.gt_dataset`` under ``--data`` (masks remapped by class name to the label space
+and rescaling (first, 2x2 mosaics of four images with ``mosaic.<supervision>``: beyond the paper), Adam at
+``train_deeplab.lr``, constant or decayed by DeepLab's "poly" policy (``lr_policy``; the paper follows DeepLab's
+training "except our initial learning rate is 0.001"). ``--supervision gt`` trains the same network on the ground
+truth of ``train_deeplab.gt_dataset`` under ``--data`` (masks remapped by class name to the label space
 ``Params.semantic_classes()``): the upper bound. ``--supervision web_gt`` trains it on the web images' own
 ground truth where they have it (synthetic web sets): the pseudo labels' ceiling, which separates the loss due
 to pseudo-label quality from the loss due to the web images being another domain; without masks the stage
@@ -41,6 +42,7 @@ from lofiseg.data.loading import (
     load_split,
     random_blur,
     random_flip,
+    random_mosaic,
     random_rescale,
 )
 from lofiseg.distributed import (
@@ -317,7 +319,9 @@ def train_deeplab(args: argparse.Namespace, params: Params, ctx: DistContext, de
             tracker.log_metrics({**metrics, **out, **{f"val_{k}": v for k, v in scores.items()}}, step=epoch)
             return out
 
-        augment = [random_flip] if cfg.flip else []
+        mosaic = getattr(cfg.mosaic, args.supervision)
+        augment = [partial(random_mosaic, prob=mosaic)] if mosaic else []
+        augment += [random_flip] if cfg.flip else []
         augment += [random_blur] if cfg.blur else []
         augment += [partial(random_rescale, low=cfg.rescale[0], high=cfg.rescale[1])] if cfg.rescale else []
         batches = epoch_batches(data.train, cfg.batch_size, params.seed, augment)

@@ -66,6 +66,18 @@ def test_test_time_scales_must_be_positive():
                         ).evaluate.semantic_scales == [0.75, 1.5]
 
 
+def test_mosaic_is_a_probability_per_supervision_and_needs_an_even_image_size():
+    with pytest.raises(ParamsError, match=r"train_deeplab.mosaic.pseudo: Input should be less than or equal to 1"):
+        parse_params(_params(train_deeplab__mosaic__pseudo=1.5))
+    with pytest.raises(ParamsError, match=r"train_deeplab.mosaic.web: unknown key; allowed keys: gt, pseudo, web_gt"):
+        parse_params(_params(train_deeplab__mosaic__web=0.5))
+    with pytest.raises(ParamsError, match=r"mosaic \{'pseudo': 0.25, 'web_gt': 0.25\} tiles four half-size images: "
+                                          r"image_size must be even, got 65"):
+        parse_params(_params(train_deeplab__image_size=65))
+    off = {"pseudo": 0.0, "gt": 0.0, "web_gt": 0.0}
+    assert parse_params(_params(train_deeplab__image_size=65, train_deeplab__mosaic=off)).train_deeplab.image_size == 65
+
+
 def test_registry_eval_params_must_be_params_keys():
     raw = _params()
     raw["registry"]["models"]["lofiseg-deeplab"]["eval_params"] = ["evaluate.semantic_flip", "evaluate.scalez"]

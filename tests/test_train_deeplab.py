@@ -27,7 +27,7 @@ from tests.pipeline_repo import PROJECT, TINY, deep_merge, tool_env
 
 SCENE_CLASSES = ["sun", "leaf", "brick"]  # synthetic.classes: scenes masks 0, sun 1, leaf 2, brick 3
 WEB_CLASSES = ["leaf", "sun"]  # web.classes: the semantic label space is background 0, leaf 1, sun 2
-TRAIN = {"image_size": 32, "epochs": 1, "batch_size": 4,
+TRAIN = {"image_size": 32, "epochs": 1, "batch_size": 4, "mosaic": {"pseudo": 0.5, "gt": 0.5},
          "model": {"arch": "tiny_unet", "encoder": None, "encoder_weights": None, "freeze_encoder": False,
                    "width": 8}}
 
@@ -228,7 +228,8 @@ def test_killed_run_resumes_under_torchrun_and_matches_one_process(tracking_env)
     on CPU (no SyncBatchNorm there), which the DDP-math test below covers with a BatchNorm-free network.
     """
     root = tracking_env
-    params = _params(root, "params-same.yaml", {**TRAIN, "epochs": 4, "flip": False, "blur": False, "rescale": None,
+    no_augment = {"flip": False, "blur": False, "rescale": None, "mosaic": {"pseudo": 0.0}}
+    params = _params(root, "params-same.yaml", {**TRAIN, **no_augment, "epochs": 4,
                                                 "lr_policy": "poly"})  # the schedule must resume where it was
     args = ["--params", params, "--supervision", "pseudo", "--data", str(root / "same")]
     train_deeplab.main([*args, "--out", str(root / "straight"), "--checkpoints", str(root / "ck-straight")])

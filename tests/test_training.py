@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lofiseg.data.loading import TensorSplit, iterate_batches, random_blur, random_flip, random_rescale
+from lofiseg.data.loading import (
+    TensorSplit,
+    iterate_batches,
+    random_blur,
+    random_flip,
+    random_mosaic,
+    random_rescale,
+)
 from lofiseg.training import (
     Trainer,
     epoch_generator,
@@ -89,11 +98,46 @@ def test_augmentations_keep_image_and_mask_aligned():
     image = torch.zeros(4, 3, 16, 16)
     image[:, :, :, :4] = 1.0
     batch = {"image": image, "mask": (image[:, 0] > 0.5).long()}
-    for aug in (random_flip, random_rescale):
+    for aug in (random_flip, random_rescale, partial(random_mosaic, prob=1.0)):
         out = aug(batch, g)
         valid = out["mask"] != 255
         agree = ((out["image"][:, 0] > 0.5) == (out["mask"] == 1))[valid].float().mean()
         assert agree > 0.97  # bilinear image vs nearest mask may differ on the one-pixel edge only
+
+
+def test_mosaic_tiles_four_half_size_images_of_the_batch():
+    """Each quadrant of a mosaic is one image of the batch halved (its own pixels, not a transposed or interleaved
+    copy) with its mask; prob 0 changes nothing, prob 1 makes every image a mosaic."""
+    b, size, half = 5, 8, 4
+    g = torch.Generator().manual_seed(7)
+    image = torch.rand(b, 3, size, size, generator=g)
+    mask = torch.randint(0, 3, (b, size, size), generator=g)
+    batch = {"image": image, "mask": mask, "index": torch.arange(b)}
+    untouched = random_mosaic(batch, torch.Generator().manual_seed(0), prob=0.0)
+    assert torch.equal(untouched["image"], image) and torch.equal(untouched["mask"], mask)
+
+    out = random_mosaic(batch, torch.Generator().manual_seed(3), prob=1.0)
+    replay = torch.Generator().manual_seed(3)
+    torch.rand(b, generator=replay)  # the pick draw, then the four sources of each image
+    sources = torch.randint(0, b, (b, 4), generator=replay)
+    small = F.interpolate(image, size=(half, half), mode="bilinear", align_corners=False, antialias=True)
+    small_mask = mask[:, 1::2, 1::2]  # nearest-exact halving keeps every second pixel, from the second
+    for i in range(b):
+        for q, (r, c) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+            rows, cols = slice(r * half, (r + 1) * half), slice(c * half, (c + 1) * half)
+            assert torch.equal(out["image"][i, :, rows, cols], small[sources[i, q]])
+            assert torch.equal(out["mask"][i, rows, cols], small_mask[sources[i, q]])
+    assert len(set(sources.flatten().tolist())) > 1  # the draw mixes images
+    assert torch.equal(out["index"], batch["index"]) and out["mask"].dtype == mask.dtype
+
+
+def test_mosaic_keeps_ignore_and_refuses_odd_sizes():
+    mask = torch.full((2, 6, 6), 255, dtype=torch.long)
+    mask[:, :3] = 1
+    out = random_mosaic({"image": torch.rand(2, 3, 6, 6), "mask": mask}, torch.Generator().manual_seed(0), prob=1.0)
+    assert set(out["mask"].unique().tolist()) == {1, 255}
+    with pytest.raises(ValueError, match="image size 7 is odd"):
+        random_mosaic({"image": torch.rand(2, 3, 7, 7)}, torch.Generator().manual_seed(0), prob=1.0)
 
 
 def test_resolve_device(monkeypatch):
