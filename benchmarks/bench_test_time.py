@@ -90,7 +90,7 @@ def report(args: argparse.Namespace, settings: dict, scores: dict, notes: str) -
         f"`.venv/bin/python -m benchmarks.bench_test_time --workdir {args.workdir} --seeds "
         f"{' '.join(map(str, args.seeds))} --split {args.split} "
         + (f"--train {' '.join(args.train)} " if args.train else "")
-        + ("" if args.train_gt is None else f"--train-gt {' '.join(args.train_gt)} ")
+        + ("" if args.train_gt is None else " ".join(["--train-gt", *args.train_gt]) + " ")
         + " ".join(f'--setting "{n}"' for n in args.raw_settings) + "`",
         "",
         f"mIoU on the scenes {args.split} split (`score_deeplab`, as `evaluate_semantic`) of DeepLab trained on the pseudo "
