@@ -16,6 +16,7 @@ Writes ``metrics/semantic.json`` for DVC, markdown tables, a per-class IoU bar c
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -132,6 +133,18 @@ def test_time_inference(params: Params) -> str:
             + (" and the mirror images" if flip else ""))
 
 
+def training_augmentation(info_file: Path) -> str:
+    """How a DeepLab bundle was augmented in training, in words, from the ``augment`` of its info.json."""
+    augment = json.loads(info_file.read_text()).get("augment") if info_file.is_file() else None
+    if augment is None:
+        return "not recorded"
+    words = [f"2x2 mosaics ({augment['mosaic']:g})"] if augment["mosaic"] else []
+    words += ["flip"] if augment["flip"] else []
+    words += ["blur"] if augment["blur"] else []
+    words += [f"rescale {augment['rescale'][0]:g}-{augment['rescale'][1]:g}"] if augment["rescale"] else []
+    return ", ".join(words) or "none"
+
+
 def table2(single: dict) -> str:
     def cell(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.3f}"
@@ -219,8 +232,10 @@ def evaluate(params: Params, raw: Path, web_root: Path, pseudo_root: Path, singl
     files.append(atomic_write_text(report / "miou.md", (
         f"# Weakly supervised semantic segmentation (Veksler Sec. 4.3)\n\nDeepLab scores on the test split of "
         f"{first} ({test_time_inference(params)}); pseudo GT scored on the web images it labels, over the pixels "
-        "it does not ignore.\n\n"
-        + miou_tables(metrics, classes))))
+        "it does not ignore. Training augmentation: "
+        + "; ".join(f"{name} {training_augmentation(deeplab_models / name / 'info.json')}" for name in SUPERVISIONS
+                    if metrics[f"deeplab_{name}"] is not None)
+        + ".\n\n" + miou_tables(metrics, classes))))
     groups = {name: {"pseudo GT": (metrics["pseudo_labels"] or {}).get("iou", {}).get(name),
                      "DeepLab pseudo": metrics["deeplab_pseudo"]["iou"][name],
                      "DeepLab GT": metrics["deeplab_gt"]["iou"][name]} for name in classes}

@@ -27,16 +27,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from lofiseg.atomic import atomic_dir, atomic_write_json
 from lofiseg.bundle import load_bundle
-from lofiseg.config import Params, ParamsError, load_params
+from lofiseg.config import Params, ParamsError, TrainDeeplabParams, load_params
 from lofiseg.data.format import IGNORE, Dataset, DatasetFormatError, Record
 from lofiseg.data.labels import CLASSES_FILE, read_class_names, remap_labels, web_class
 from lofiseg.data.loading import (
+    Augment,
     TensorSplit,
     iterate_batches,
     load_split,
@@ -231,6 +233,23 @@ def val_metrics(scores: dict[str, float | list[float]], classes: Sequence[str]) 
     return out
 
 
+def augment_settings(cfg: TrainDeeplabParams, supervision: str) -> dict[str, Any]:
+    """The training augmentation of ``supervision``'s model, as recorded in its info.json."""
+    return {"mosaic": getattr(cfg.mosaic, supervision), "flip": cfg.flip, "blur": cfg.blur,
+            "rescale": list(cfg.rescale) if cfg.rescale else None}
+
+
+def augmentations(settings: dict[str, Any]) -> list[Augment]:
+    """:func:`augment_settings` as the batch transforms, in order: mosaic, flip, blur, rescale."""
+    out: list[Augment] = [partial(random_mosaic, prob=settings["mosaic"])] if settings["mosaic"] else []
+    out += [random_flip] if settings["flip"] else []
+    out += [random_blur] if settings["blur"] else []
+    if settings["rescale"]:
+        low, high = settings["rescale"]
+        out.append(partial(random_rescale, low=low, high=high))
+    return out
+
+
 def qualitative_grid(split: TensorSplit, pred: torch.Tensor, count: int) -> np.ndarray:
     rows = [[split.images[i].permute(1, 2, 0).numpy(), colorize_labels(split.masks[i].numpy()),
              colorize_labels(pred[i].numpy())] for i in range(min(count, len(split)))]
@@ -319,12 +338,8 @@ def train_deeplab(args: argparse.Namespace, params: Params, ctx: DistContext, de
             tracker.log_metrics({**metrics, **out, **{f"val_{k}": v for k, v in scores.items()}}, step=epoch)
             return out
 
-        mosaic = getattr(cfg.mosaic, args.supervision)
-        augment = [partial(random_mosaic, prob=mosaic)] if mosaic else []
-        augment += [random_flip] if cfg.flip else []
-        augment += [random_blur] if cfg.blur else []
-        augment += [partial(random_rescale, low=cfg.rescale[0], high=cfg.rescale[1])] if cfg.rescale else []
-        batches = epoch_batches(data.train, cfg.batch_size, params.seed, augment)
+        batches = epoch_batches(data.train, cfg.batch_size, params.seed,
+                                augmentations(augment_settings(cfg, args.supervision)))
         history = trainer.fit(
             lambda epoch: shard_batches(batches(epoch), ctx),
             cfg.epochs, validate, desc=name)
@@ -346,7 +361,8 @@ def write_outputs(args: argparse.Namespace, params: Params, data: Supervision, m
     meter.update(pred, data.val.masks)
     scores = meter.compute()
     info = {"task": "semantic", "supervision": args.supervision, "classes": classes, "image_size": cfg.image_size,
-            "epochs": cfg.epochs, "data": str(data.dataset), "val_source": data.val_source,
+            "epochs": cfg.epochs, "augment": augment_settings(cfg, args.supervision),
+            "data": str(data.dataset), "val_source": data.val_source,
             "world_size": ctx.world_size, "mlflow_run_id": tracker.run_id,
             "val": {"miou": scores["miou"], "pixel_acc": scores["pixel_acc"],
                     "iou": {c: None if math.isnan(v) else v for c, v in zip(classes, scores["iou"], strict=True)}}}

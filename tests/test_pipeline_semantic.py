@@ -72,8 +72,11 @@ def test_metrics_keys(repo):
     table = (repo / "reports/semantic/table2.md").read_text()
     assert "| class | reg F-beta | gt F-beta | gap (gt - reg) |" in table and "| sun |" in table
     # the repository's test-time inference (params.yaml evaluate.semantic_scales / semantic_flip) is stated
-    assert "softmax averaged over the image at 1, 1.5, 2 x the training size and the mirror images" in (
-        repo / "reports/semantic/miou.md").read_text()
+    miou = (repo / "reports/semantic/miou.md").read_text()
+    assert "softmax averaged over the image at 1, 1.5, 2 x the training size and the mirror images" in miou
+    # and how each DeepLab was trained, from its info.json: mosaics for the web-trained models only
+    assert ("Training augmentation: pseudo 2x2 mosaics (0.25), flip, blur, rescale 0.5-2; gt flip, blur, rescale "
+            "0.5-2; web_gt 2x2 mosaics (0.25), flip, blur, rescale 0.5-2.") in miou
     shown = json.loads(dvc(repo, "metrics", "show", "--json", env=env).stdout)
     data = next(iter(shown.values()))["data"]["metrics/semantic.json"]["data"]
     assert "miou" in data["deeplab_pseudo"]

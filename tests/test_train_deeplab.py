@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from lofiseg.bundle import load_bundle
-from lofiseg.config import SyntheticScenes, load_params
+from lofiseg.config import SyntheticScenes, load_params, parse_params
 from lofiseg.data.format import Dataset, DatasetWriter, Sample
 from lofiseg.data.labels import class_names_json, remap_labels
 from lofiseg.data.synthetic import generate_scenes, generate_web
@@ -201,6 +201,7 @@ def test_stage_trains_and_tracks(tracking_env, supervision):
     model, info = load_bundle(out / "model.pt")
     assert model.num_classes == 3 and info["classes"] == ["background", "leaf", "sun"]
     assert info["supervision"] == supervision and info["image_size"] == 32 and info["world_size"] == 1
+    assert info["augment"] == {"mosaic": 0.5, "flip": True, "blur": True, "rescale": [0.5, 2.0]}
     assert 0.0 <= info["val"]["miou"] <= 1.0 and set(info["val"]["iou"]) == {"background", "leaf", "sun"}
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == [0] and "val_miou" in history[0]
@@ -329,3 +330,23 @@ def test_ddp_gradient_equals_the_global_batch_gradient(tmp_path):
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["weighted"] < 1e-7  # measured 1.5e-9: one process's weights after 4 Adam steps, to rounding
     assert result["unweighted"] > 1e-5  # measured 2.6e-4: per-rank means drift (unequal labelled pixels)
+
+
+def test_augment_settings_are_the_transforms_and_read_back_in_words(tmp_path):
+    """What info.json records is what the stage trains with, and evaluate_semantic says it in miou.md."""
+    from stages.evaluate_semantic import training_augmentation
+
+    cfg = parse_params(yaml.safe_load((PROJECT / "params.yaml").read_text())).train_deeplab
+    pseudo, gt = train_deeplab.augment_settings(cfg, "pseudo"), train_deeplab.augment_settings(cfg, "gt")
+    assert pseudo == {"mosaic": 0.25, "flip": True, "blur": True, "rescale": [0.5, 2.0]} and gt["mosaic"] == 0.0
+    names = [getattr(t, "func", t).__name__ for t in train_deeplab.augmentations(pseudo)]
+    assert names == ["random_mosaic", "random_flip", "random_blur", "random_rescale"]
+    assert [getattr(t, "func", t).__name__ for t in train_deeplab.augmentations(gt)][0] == "random_flip"
+    assert train_deeplab.augmentations({"mosaic": 0.0, "flip": False, "blur": False, "rescale": None}) == []
+
+    info = tmp_path / "info.json"
+    assert training_augmentation(info) == "not recorded"  # bundles made before info.json recorded it
+    info.write_text(json.dumps({"augment": pseudo}))
+    assert training_augmentation(info) == "2x2 mosaics (0.25), flip, blur, rescale 0.5-2"
+    info.write_text(json.dumps({"augment": {"mosaic": 0.0, "flip": False, "blur": False, "rescale": None}}))
+    assert training_augmentation(info) == "none"
