@@ -334,7 +334,7 @@ class TrainDeeplabParams(StrictModel):
     flip: bool = True
     blur: bool = True
     rescale: tuple[Annotated[float, Field(gt=0.0)], Annotated[float, Field(gt=0.0)]] | None = (0.5, 2.0)
-    mosaic: MosaicParams = Field(default_factory=lambda: MosaicParams())
+    mosaic: MosaicParams = Field(default_factory=MosaicParams)
     model: ModelParams = Field(default_factory=_deeplab_model)
     device: str = "auto"
     amp: bool = True

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from lofiseg.data.format import Dataset, Record
-from lofiseg.data.loading import TensorSplit, iterate_batches, load_split
+from lofiseg.data.loading import TensorSplit, iterate_batches, load_split, rescale_images
 from lofiseg.models import choose_foreground_channel
 
 
@@ -18,15 +18,6 @@ def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
     if not scales or any(not s > 0 for s in scales):
         raise ValueError(f"test-time scales must be positive factors, got {list(scales)}")
     return scales
-
-
-def rescale_images(images: torch.Tensor, scale: float) -> torch.Tensor:
-    """``images`` (N, C, H, W) resized by ``scale`` (bilinear, each side at least 8 px); as they are at 1."""
-    if scale == 1.0:
-        return images
-    height, width = images.shape[-2:]
-    size = (max(8, round(height * scale)), max(8, round(width * scale)))
-    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
 
 
 def softmax_channels(scores: torch.Tensor) -> torch.Tensor:

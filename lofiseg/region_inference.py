@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lofiseg.crf import CRFParams, cluster_descriptors, merge_small_regions
+from lofiseg.data.loading import rescale_images
 from lofiseg.heads import descriptor_kind, descriptor_model
-from lofiseg.inference import rescale_images
 from lofiseg.losses.discriminative import DELTA_D
 from lofiseg.meanshift import cosine_threshold, mean_shift, refine_multiresolution
 from lofiseg.metrics.agnostic import AgnosticMeter

@@ -100,18 +100,30 @@ def random_blur(batch: dict[str, torch.Tensor], generator: torch.Generator, prob
     return out
 
 
+def rescale_images(images: torch.Tensor, scale: float) -> torch.Tensor:
+    """``images`` (N, C, H, W) resized by ``scale`` (bilinear, each side at least 8 px); as they are at 1."""
+    if scale == 1.0:
+        return images
+    height, width = images.shape[-2:]
+    size = (max(8, round(height * scale)), max(8, round(width * scale)))
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+
+
+def resize_masks(masks: torch.Tensor, size: int) -> torch.Tensor:
+    """Label masks (N, H, W) resized to ``size`` x ``size`` by nearest-exact: every value (255 too) kept as is."""
+    return F.interpolate(masks[:, None].float(), size=(size, size), mode="nearest-exact")[:, 0].to(masks.dtype)
+
+
 def random_rescale(batch: dict[str, torch.Tensor], generator: torch.Generator, low: float = 0.75,
                    high: float = 1.25) -> dict[str, torch.Tensor]:
     """Rescale the whole batch by one random factor, then crop or pad (ignore label) back to its size."""
     x = batch["image"]
     size = x.shape[-1]
     factor = low + (high - low) * torch.rand((), generator=generator).item()
-    new = max(8, int(round(size * factor)))
-    image = F.interpolate(x, size=(new, new), mode="bilinear", align_corners=False)
+    image = rescale_images(x, factor)
+    new = image.shape[-1]
     out = dict(batch)
-    mask = None
-    if "mask" in batch:
-        mask = F.interpolate(batch["mask"][:, None].float(), size=(new, new), mode="nearest-exact")[:, 0].to(batch["mask"].dtype)
+    mask = resize_masks(batch["mask"], new) if "mask" in batch else None
     if new >= size:
         off = int(torch.randint(0, new - size + 1, (2,), generator=generator)[0])
         image = image[..., off:off + size, off:off + size]
@@ -148,8 +160,7 @@ def random_mosaic(batch: dict[str, torch.Tensor], generator: torch.Generator,
     out["image"] = torch.where(pick[:, None, None, None].to(x.device), tile(small), x)
     if "mask" in batch:
         mask = batch["mask"]
-        small_mask = F.interpolate(mask[:, None].float(), size=(half, half), mode="nearest-exact").to(mask.dtype)
-        out["mask"] = torch.where(pick[:, None, None].to(mask.device), tile(small_mask)[:, 0], mask)
+        out["mask"] = torch.where(pick[:, None, None].to(mask.device), tile(resize_masks(mask, half)[:, None])[:, 0], mask)
     return out
 
 
