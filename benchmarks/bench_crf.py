@@ -46,7 +46,8 @@ def _peak_mb() -> float:
 
 
 def _run_case(case: str, queue: mp.Queue) -> None:
-    from lofiseg.crf import dense_crf, postprocess_regions
+    from lofiseg.infer.clustering import postprocess_regions
+    from lofiseg.infer.dense_crf import dense_crf
 
     if case.startswith("dense_crf"):
         num_labels = int(case.split("M=")[1])

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lofiseg.models import build_model
+from lofiseg.models.factory import build_model
 
 RESULTS = Path(__file__).parent / "results" / "bench_models.md"
 CASES = [

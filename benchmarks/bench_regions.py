@@ -3,7 +3,7 @@
 Run: ``.venv/bin/python -m benchmarks.bench_regions [--skip-training]``; writes
 benchmarks/results/bench_regions.md.
 
-1. Clustering time per 256x256 image for each inference routine (:mod:`lofiseg.region_inference`) on
+1. Clustering time per 256x256 image for each inference routine (:mod:`lofiseg.infer.regions`) on
    synthetic descriptors of a 256 px multi-region image (the regions generator): cas/ce argmax and k-means
    (20 clusters) over a 20-channel softmax, projective mean-shift (45 degrees, d = 16, random signs), Euclidean
    mean-shift (discriminative, d = 16), projective multi-resolution (128 px + 256 px); with and without the
@@ -33,9 +33,9 @@ from lofiseg.config import load_params
 from lofiseg.data.format import Dataset, DatasetWriter
 from lofiseg.data.loading import load_split
 from lofiseg.data.synthetic import generate_regions, render_regions
-from lofiseg.metrics.regions import ground_truth_covering
-from lofiseg.region_inference import RegionEvaluator, RegionSettings, cluster, segment, segment_images
-from lofiseg.reports import markdown_table
+from lofiseg.infer.regions import RegionEvaluator, RegionSettings, cluster, segment, segment_images
+from lofiseg.metrics.bsds import ground_truth_covering
+from lofiseg.viz.figures import markdown_table
 
 SIZE = 256
 REPEATS = 5
@@ -135,7 +135,7 @@ def metrics_table(workdir: Path) -> tuple[str, str]:
     metrics, _ = evaluate_regions(params, workdir / "models", raw, workdir / "metrics" / "regions.json",
                                   workdir / "reports")
 
-    from lofiseg.bundle import load_bundle
+    from lofiseg.models.bundle import load_bundle
 
     dataset = Dataset(raw / "regions")
     records = dataset.split("test")

@@ -36,7 +36,7 @@ from lofiseg.atomic import atomic_write_json, atomic_write_text
 from lofiseg.config import Params, parse_params
 from lofiseg.data.format import Dataset, DatasetWriter
 from lofiseg.data.labels import class_names_json, web_truth_labels
-from lofiseg.reports import markdown_table
+from lofiseg.viz.figures import markdown_table
 from stages import download, pseudo_gt, pseudo_label, train_deeplab, train_single, web
 from stages.evaluate_semantic import score_deeplab, score_pseudo_labels, score_single_class
 

@@ -23,13 +23,13 @@ import torch
 import yaml
 
 from lofiseg.atomic import atomic_write_text
-from lofiseg.bundle import load_bundle
 from lofiseg.data.format import Dataset
 from lofiseg.data.loading import load_split
-from lofiseg.inference import predict_probs
+from lofiseg.infer.predict import predict_probs
 from lofiseg.metrics.saliency import SaliencyMeter
-from lofiseg.reports import markdown_table
-from lofiseg.single_class import class_records, gt_labels
+from lofiseg.models.bundle import load_bundle
+from lofiseg.train.regularized_plan import class_records, gt_labels
+from lofiseg.viz.figures import markdown_table
 from stages import download, train_single, web
 
 PROJECT = Path(__file__).resolve().parent.parent

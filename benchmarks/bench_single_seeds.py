@@ -28,12 +28,12 @@ import yaml
 from benchmarks.bench_semantic_levers import apply_overrides, digest, params_with, parse_variant, work_folder
 from benchmarks.bench_single_class import test_scores
 from lofiseg.atomic import atomic_write_json, atomic_write_text
-from lofiseg.bundle import load_bundle
 from lofiseg.data.format import Dataset
 from lofiseg.data.loading import load_split
-from lofiseg.inference import predict_probs
-from lofiseg.reports import markdown_table
-from lofiseg.single_class import class_records
+from lofiseg.infer.predict import predict_probs
+from lofiseg.models.bundle import load_bundle
+from lofiseg.train.regularized_plan import class_records
+from lofiseg.viz.figures import markdown_table
 from stages import download, train_single, web
 
 PROJECT = Path(__file__).resolve().parent.parent

@@ -35,7 +35,7 @@ from lofiseg.atomic import atomic_write_text  # noqa: E402
 from lofiseg.config import SyntheticParams  # noqa: E402
 from lofiseg.data.format import Sample  # noqa: E402
 from lofiseg.data.synthetic import generate_regions, generate_saliency, generate_scenes, generate_web  # noqa: E402
-from lofiseg.viz import contact_sheet, save_png  # noqa: E402
+from lofiseg.viz.images import contact_sheet, save_png  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CHANNELS = ("R", "G", "B", "grey", "H", "S", "V", "L*", "a*", "b*")

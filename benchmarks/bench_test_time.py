@@ -29,7 +29,7 @@ import yaml
 from benchmarks.bench_semantic_levers import params_with, work_folder
 from lofiseg.atomic import atomic_write_json, atomic_write_text
 from lofiseg.config import parse_params
-from lofiseg.reports import markdown_table
+from lofiseg.viz.figures import markdown_table
 from stages import train_deeplab
 from stages.evaluate_semantic import score_deeplab
 

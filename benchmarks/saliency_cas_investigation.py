@@ -36,11 +36,12 @@ import torch
 
 from lofiseg.data.format import Dataset
 from lofiseg.data.loading import TensorSplit, iterate_batches, load_split, random_flip
-from lofiseg.inference import predict_probs
+from lofiseg.infer.predict import predict_probs
 from lofiseg.losses import build_loss
 from lofiseg.metrics.saliency import SaliencyMeter
-from lofiseg.models import build_model, choose_foreground_channel
-from lofiseg.training import epoch_generator, seed_everything
+from lofiseg.models.channel import choose_foreground_channel
+from lofiseg.models.factory import build_model
+from lofiseg.train.loop import epoch_generator, seed_everything
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from flows.dag import dvc_command
-from lofiseg.comparison import write_report
 from lofiseg.config import load_params
-from lofiseg.tracking import Tracker, experiment_runs, git_commit, runs_by_id
-from stages.common import run
+from lofiseg.track.comparison import write_report
+from lofiseg.track.tracking import Tracker, experiment_runs, git_commit, runs_by_id
+from stages.cli import run
 
 WORKSPACE = "workspace"
 

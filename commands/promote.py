@@ -14,8 +14,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from lofiseg.registry import Registry, RegistryError
-from stages.common import run
+from lofiseg.track.registry import Registry, RegistryError
+from stages.cli import run
 
 
 def main(argv: Sequence[str] | None = None) -> None:

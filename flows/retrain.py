@@ -26,7 +26,7 @@ from prefect.schedules import Cron
 from flows.dag import dvc_command, read_dag, remote_args, waves
 from flows.pipeline import pipeline, run_stage
 from lofiseg.config import load_params
-from lofiseg.reports import markdown_table
+from lofiseg.viz.figures import markdown_table
 
 DVC_TIMEOUT_S = 3 * 3600
 

@@ -188,7 +188,7 @@ class NoiseParams(StrictModel):
 # --- models, tracking, training -------------------------------------------------------------------------
 
 class ModelParams(StrictModel):
-    """Arguments of :func:`lofiseg.models.build_model` (num_classes comes from the stage)."""
+    """Arguments of :func:`lofiseg.models.factory.build_model` (num_classes comes from the stage)."""
 
     arch: str = "tiny_unet"
     encoder: str | None = None
@@ -201,7 +201,7 @@ class ModelParams(StrictModel):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, value: str) -> str:
-        from lofiseg.models import list_architectures
+        from lofiseg.models.factory import list_architectures
 
         if value not in list_architectures():
             raise ValueError(f"arch must be one of {list_architectures()}, got {value!r}")

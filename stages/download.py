@@ -18,8 +18,8 @@ from lofiseg.atomic import atomic_dir, atomic_write_json
 from lofiseg.config import DatasetSpec, Params, load_params
 from lofiseg.data import synthetic
 from lofiseg.data.format import Dataset, DatasetWriter, Sample
-from lofiseg.viz import contact_sheet, save_png
-from stages.common import log, run, stage_parser
+from lofiseg.viz.images import contact_sheet, save_png
+from stages.cli import log, run, stage_parser
 
 
 def synthetic_samples(spec: DatasetSpec, params: Params) -> Iterator[Sample]:

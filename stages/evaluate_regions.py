@@ -2,7 +2,7 @@
 
 Each method of ``train_regions.methods`` (model ``<models>/<method>/model.pt``) segments the test images of
 every set in ``evaluate.regions_sets`` at the model's training size with the method's inference routine
-(:mod:`lofiseg.region_inference`); the label maps are resized (nearest) to the ground truth and scored with
+(:mod:`lofiseg.infer.regions`); the label maps are resized (nearest) to the ground truth and scored with
 BSDS covering, Rand index, variation of information, boundary F (all human segmentations of a BSDS image)
 and Dille et al.'s recall at IoU > 0.5, matched mIoU and boundary IoU.
 
@@ -24,16 +24,16 @@ from pathlib import Path
 import numpy as np
 
 from lofiseg.atomic import atomic_write_json, atomic_write_text
-from lofiseg.bundle import load_bundle
 from lofiseg.config import Params, load_params
 from lofiseg.data.format import Dataset, Record, read_mask
 from lofiseg.data.layouts import ALT_MASKS_FIELD
 from lofiseg.data.loading import load_split
-from lofiseg.region_inference import RegionEvaluator, inference_settings, resize_labels, segment_images
-from lofiseg.reports import markdown_table
-from lofiseg.tracking import Tracker, standard_tags
-from lofiseg.viz import image_grid, random_colours, save_png
-from stages.common import flatten_metrics, log, run, stage_parser
+from lofiseg.infer.regions import RegionEvaluator, inference_settings, resize_labels, segment_images
+from lofiseg.models.bundle import load_bundle
+from lofiseg.track.tracking import Tracker, standard_tags
+from lofiseg.viz.figures import markdown_table
+from lofiseg.viz.images import image_grid, random_colours, save_png
+from stages.cli import flatten_metrics, log, run, stage_parser
 
 
 def ground_truths(dataset: Dataset, record: Record) -> list[np.ndarray]:

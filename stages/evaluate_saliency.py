@@ -18,16 +18,16 @@ import numpy as np
 import torch
 
 from lofiseg.atomic import atomic_write_json, atomic_write_text
-from lofiseg.bundle import load_bundle
 from lofiseg.config import Params, load_params, rate_key
 from lofiseg.data.format import Dataset
 from lofiseg.data.loading import load_split
-from lofiseg.inference import predict_native, predict_probs
+from lofiseg.infer.predict import predict_native, predict_probs
 from lofiseg.metrics.saliency import SaliencyMeter
-from lofiseg.reports import lines_figure, markdown_table, save_figure
-from lofiseg.tracking import Tracker, standard_tags
-from lofiseg.viz import colorize_labels, image_grid, save_png
-from stages.common import flatten_metrics, log, run, stage_parser
+from lofiseg.models.bundle import load_bundle
+from lofiseg.track.tracking import Tracker, standard_tags
+from lofiseg.viz.figures import lines_figure, markdown_table, save_figure
+from lofiseg.viz.images import colorize_labels, image_grid, save_png
+from stages.cli import flatten_metrics, log, run, stage_parser
 
 SALIENCY_KEYS = ("fbeta_adaptive", "fbeta_weighted", "fbeta_max", "mae")
 

@@ -25,18 +25,18 @@ import numpy as np
 import torch
 
 from lofiseg.atomic import atomic_write_json, atomic_write_text
-from lofiseg.bundle import load_bundle
 from lofiseg.config import Params, load_params
 from lofiseg.data.format import IGNORE, Dataset
 from lofiseg.data.labels import remap_labels, web_class, web_truth_labels
-from lofiseg.inference import predict_native
+from lofiseg.infer.predict import predict_native
 from lofiseg.metrics.saliency import SaliencyMeter
 from lofiseg.metrics.semantic import ConfusionMeter
-from lofiseg.reports import bars_figure, markdown_table, save_figure
-from lofiseg.single_class import class_records
-from lofiseg.tracking import Tracker, standard_tags
-from lofiseg.viz import colorize_labels, image_grid, save_png
-from stages.common import flatten_metrics, log, run, stage_parser
+from lofiseg.models.bundle import load_bundle
+from lofiseg.track.tracking import Tracker, standard_tags
+from lofiseg.train.regularized_plan import class_records
+from lofiseg.viz.figures import bars_figure, markdown_table, save_figure
+from lofiseg.viz.images import colorize_labels, image_grid, save_png
+from stages.cli import flatten_metrics, log, run, stage_parser
 
 SUPERVISIONS = ("pseudo", "gt", "web_gt")  # web_gt: DeepLab on the web images' ground truth (the ceiling)
 

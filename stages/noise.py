@@ -16,7 +16,7 @@ from tqdm import tqdm
 from lofiseg.config import load_params, rate_key
 from lofiseg.data.format import Dataset, DatasetWriter
 from lofiseg.data.noise import corrupt, sample_rng
-from stages.common import log, run, stage_parser
+from stages.cli import log, run, stage_parser
 
 NOISE_FIELDS = ("noise_rate", "noise_flipped", "noise_permutation", "noise_dropped")
 

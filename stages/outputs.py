@@ -9,9 +9,9 @@ from typing import Any
 import torch
 
 from lofiseg.atomic import atomic_write_json
-from lofiseg.bundle import save_bundle
-from lofiseg.reports import curves_figure, save_figure
-from lofiseg.tracking import Tracker
+from lofiseg.models.bundle import save_bundle
+from lofiseg.track.tracking import Tracker
+from lofiseg.viz.figures import curves_figure, save_figure
 
 TRAINING_FILES = ("info.json", "history.json", "curves.png")
 

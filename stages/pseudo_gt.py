@@ -18,7 +18,7 @@ from tqdm import tqdm
 from lofiseg.config import load_params
 from lofiseg.data.format import IGNORE, MANIFEST, Dataset, DatasetFormatError, DatasetWriter, read_mask
 from lofiseg.data.labels import CLASSES_FILE, class_names_json, read_class_names
-from stages.common import log, run, stage_parser
+from stages.cli import log, run, stage_parser
 
 
 def open_parts(parts: Path, classes: Sequence[str]) -> dict[str, Dataset]:

@@ -19,16 +19,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from lofiseg.bundle import load_bundle
 from lofiseg.config import load_params
-from lofiseg.crf import CRFParams
 from lofiseg.data.format import IGNORE, Dataset, DatasetFormatError, DatasetWriter
 from lofiseg.data.labels import class_names_json
 from lofiseg.data.loading import load_split
-from lofiseg.inference import predict_probs
-from lofiseg.pseudo_labels import pseudo_label
-from lofiseg.training import resolve_device
-from stages.common import log, run, stage_parser
+from lofiseg.infer.dense_crf import CRFParams
+from lofiseg.infer.predict import predict_probs
+from lofiseg.infer.pseudo_labels import pseudo_label
+from lofiseg.models.bundle import load_bundle
+from lofiseg.train.loop import resolve_device
+from stages.cli import log, run, stage_parser
 
 EXTRA_FIELDS = ("class", "class_id", "foreground_fraction", "ignored_fraction")
 INFO_FILE = "pseudo_label.json"

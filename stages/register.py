@@ -3,7 +3,7 @@
 For every model: its bundle becomes a new version with alias ``challenger``, tagged with the evaluation set's
 identity (:func:`eval_set_identity`, plus the values of the model's ``eval_params``: how the metric was measured)
 and its metrics; alias ``champion`` moves to it only if its gate metric (a "/"-path into the metrics JSON) beats
-the champion's on the same evaluation set, measured the same way, by ``min_improvement`` (lofiseg.registry.decide). The
+the champion's on the same evaluation set, measured the same way, by ``min_improvement`` (lofiseg.track.registry.decide). The
 outcome is written to ``--out``: with ``--model`` (how dvc.yaml runs it, one stage per model) that model's
 result; without it, every model's under ``models``. Everything is checked (bundles, metrics files, gate metric
 paths, the store) before anything is registered.
@@ -22,9 +22,9 @@ from typing import Any
 from lofiseg.atomic import atomic_write_json
 from lofiseg.config import Params, ParamsError, RegisteredModel, load_params
 from lofiseg.data.format import MANIFEST
-from lofiseg.registry import BUNDLE_FILE, Registry
-from lofiseg.tracking import TrackingUnavailable, dvc_hashes, standard_tags
-from stages.common import log, run, stage_parser
+from lofiseg.track.registry import BUNDLE_FILE, Registry
+from lofiseg.track.tracking import TrackingUnavailable, dvc_hashes, standard_tags
+from stages.cli import log, run, stage_parser
 
 MAX_METRIC_TAGS = 64  # sibling metrics of the gate metric tagged on a version (MLflow tags are not free)
 

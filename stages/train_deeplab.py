@@ -13,7 +13,7 @@ writes only an info.json saying why it skipped. Validation mIoU every epoch on t
 pseudo labels for ``pseudo``); a data set without a val split lends 10% of its train images (by content hash).
 
 Checkpoints every epoch outside the DVC outs (``--checkpoints``) and resumes after a kill. Runs as one process
-or under ``torchrun --nproc_per_node N -m stages.train_deeplab ...`` (DDP, see :mod:`lofiseg.distributed`):
+or under ``torchrun --nproc_per_node N -m stages.train_deeplab ...`` (DDP, see :mod:`lofiseg.train.distributed`):
 each rank trains on its slice of every global batch, rank 0 alone writes checkpoints, outputs and MLflow.
 """
 
@@ -33,7 +33,6 @@ import numpy as np
 import torch
 
 from lofiseg.atomic import atomic_dir, atomic_write_json
-from lofiseg.bundle import load_bundle
 from lofiseg.config import Params, ParamsError, TrainDeeplabParams, load_params
 from lofiseg.data.format import IGNORE, Dataset, DatasetFormatError, Record
 from lofiseg.data.labels import CLASSES_FILE, read_class_names, remap_labels, web_class
@@ -47,7 +46,12 @@ from lofiseg.data.loading import (
     random_mosaic,
     random_rescale,
 )
-from lofiseg.distributed import (
+from lofiseg.losses.ce import cross_entropy_loss
+from lofiseg.metrics.semantic import ConfusionMeter
+from lofiseg.models.bundle import load_bundle
+from lofiseg.models.factory import build_model
+from lofiseg.track.tracking import Tracker, standard_tags
+from lofiseg.train.distributed import (
     DistContext,
     DistributedTrainer,
     all_reduce_sum,
@@ -58,11 +62,7 @@ from lofiseg.distributed import (
     shard_batches,
     wrap_model,
 )
-from lofiseg.losses.ce import cross_entropy_loss
-from lofiseg.metrics.semantic import ConfusionMeter
-from lofiseg.models import build_model
-from lofiseg.tracking import Tracker, standard_tags
-from lofiseg.training import (
+from lofiseg.train.loop import (
     epoch_batches,
     fingerprint,
     load_checkpoint,
@@ -71,8 +71,8 @@ from lofiseg.training import (
     seed_everything,
     set_lr,
 )
-from lofiseg.viz import colorize_labels, image_grid, save_png
-from stages.common import log, run, stage_parser
+from lofiseg.viz.images import colorize_labels, image_grid, save_png
+from stages.cli import log, run, stage_parser
 from stages.outputs import log_training_outputs, save_training_outputs
 
 SUPERVISIONS = ("pseudo", "gt", "web_gt")

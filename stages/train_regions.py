@@ -10,9 +10,9 @@ Methods, all trained on the train split of ``train_regions.dataset`` (masks with
 * ``discriminative``: ``embedding_dim`` raw outputs, De Brabandere et al.'s loss (delta_v 0.5, delta_d 1.5).
 
 Checkpoints every epoch outside the DVC outs (``--checkpoints``) and resumes after a kill (same params and
-data, else it starts over). ``model.pt`` is a plain :func:`~lofiseg.models.build_model` network; its head
+data, else it starts over). ``model.pt`` is a plain :func:`~lofiseg.models.factory.build_model` network; its head
 (softmax, tanh + unit length, or none) is named by ``info["descriptor"]`` and rebuilt by
-:func:`lofiseg.heads.descriptor_model`.
+:func:`lofiseg.models.descriptor_heads.descriptor_model`.
 """
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ import torch
 from lofiseg.config import Params, TrainRegionsParams, load_params
 from lofiseg.data.format import Dataset
 from lofiseg.data.loading import TensorSplit, load_split, random_flip
-from lofiseg.heads import descriptor_kind, descriptor_model
+from lofiseg.infer.regions import RegionEvaluator, RegionSettings, inference_settings, segment_images
 from lofiseg.losses import CASLoss, CrossEntropyLoss
 from lofiseg.losses.discriminative import DiscriminativeLoss
 from lofiseg.losses.embedding import ProjectiveLoss
-from lofiseg.models import build_model
-from lofiseg.region_inference import RegionEvaluator, RegionSettings, inference_settings, segment_images
-from lofiseg.tracking import Tracker, standard_tags
-from lofiseg.training import (
+from lofiseg.models.descriptor_heads import descriptor_kind, descriptor_model
+from lofiseg.models.factory import build_model
+from lofiseg.track.tracking import Tracker, standard_tags
+from lofiseg.train.loop import (
     Trainer,
     epoch_batches,
     fingerprint,
@@ -44,8 +44,8 @@ from lofiseg.training import (
     resolve_device,
     seed_everything,
 )
-from lofiseg.viz import image_grid, random_colours, save_png
-from stages.common import log, run, stage_parser
+from lofiseg.viz.images import image_grid, random_colours, save_png
+from stages.cli import log, run, stage_parser
 from stages.outputs import log_training_outputs, save_training_outputs
 
 CURVE_KEYS = ("train_loss", "val_covering", "val_recall50", "val_vi", "degenerate_fraction")

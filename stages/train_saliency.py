@@ -20,12 +20,13 @@ import torch
 from lofiseg.config import load_params, rate_key
 from lofiseg.data.format import Dataset
 from lofiseg.data.loading import TensorSplit, load_split, random_flip
-from lofiseg.inference import predict_probs, saliency_channel
+from lofiseg.infer.predict import predict_probs, saliency_channel
 from lofiseg.losses import build_loss
 from lofiseg.metrics.saliency import SaliencyMeter
-from lofiseg.models import ChannelSelected, build_model
-from lofiseg.tracking import Tracker, standard_tags
-from lofiseg.training import (
+from lofiseg.models.channel import ChannelSelected
+from lofiseg.models.factory import build_model
+from lofiseg.track.tracking import Tracker, standard_tags
+from lofiseg.train.loop import (
     Trainer,
     epoch_batches,
     fingerprint,
@@ -33,8 +34,8 @@ from lofiseg.training import (
     resolve_device,
     seed_everything,
 )
-from lofiseg.viz import colorize_labels, image_grid, save_png
-from stages.common import log, run, stage_parser
+from lofiseg.viz.images import colorize_labels, image_grid, save_png
+from stages.cli import log, run, stage_parser
 from stages.outputs import log_training_outputs, save_training_outputs
 
 CURVE_KEYS = ("train_loss", "val_fbeta_adaptive", "val_mae")

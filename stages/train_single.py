@@ -24,13 +24,23 @@ from typing import Any
 import torch
 
 from lofiseg.atomic import atomic_dir, atomic_write_json
-from lofiseg.bundle import load_bundle
 from lofiseg.config import Params, load_params
 from lofiseg.data.format import MANIFEST, Dataset, DatasetFormatError
 from lofiseg.data.loading import TensorSplit, load_split, random_flip
 from lofiseg.losses.ce import cross_entropy_loss
-from lofiseg.models import SegmentationModel, build_model
-from lofiseg.single_class import (
+from lofiseg.models.bundle import load_bundle
+from lofiseg.models.factory import SegmentationModel, build_model
+from lofiseg.track.tracking import Tracker, standard_tags
+from lofiseg.train.loop import (
+    Trainer,
+    epoch_batches,
+    epoch_generator,
+    fingerprint,
+    matching_checkpoint,
+    resolve_device,
+    seed_everything,
+)
+from lofiseg.train.regularized_plan import (
     RegularizedStep,
     gt_labels,
     negative_records,
@@ -41,17 +51,7 @@ from lofiseg.single_class import (
     training_plan,
     transfer_weights,
 )
-from lofiseg.tracking import Tracker, standard_tags
-from lofiseg.training import (
-    Trainer,
-    epoch_batches,
-    epoch_generator,
-    fingerprint,
-    matching_checkpoint,
-    resolve_device,
-    seed_everything,
-)
-from stages.common import log, run, stage_parser
+from stages.cli import log, run, stage_parser
 from stages.outputs import log_training_outputs, save_training_outputs
 
 REG_CURVES = ("train_loss", "loss_sparse_crf", "loss_volumetric", "loss_positional", "loss_negative", "sigma")
@@ -133,7 +133,7 @@ def new_model(params: Params) -> SegmentationModel:
 def regularized_job(params: Params, name: str, positives: Callable[[int], TensorSplit],
                     negatives: Callable[[int], TensorSplit] | None, model: SegmentationModel, *, anneal: bool,
                     finetune: bool, info: dict[str, Any], stamp: tuple[Any, ...], inputs: list[str]) -> Job:
-    """The regularized-loss job: the plan of :func:`lofiseg.single_class.training_plan`, the images of each
+    """The regularized-loss job: the plan of :func:`lofiseg.train.regularized_plan.training_plan`, the images of each
     epoch's size from ``positives(size)`` (and ``negatives(size)`` in negative epochs)."""
     cfg = params.train_single
     schedule = regularized_schedule(cfg.schedule, anneal=anneal, negatives=negatives is not None)

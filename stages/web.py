@@ -17,9 +17,9 @@ from lofiseg.atomic import atomic_write_json, atomic_write_text
 from lofiseg.config import load_params
 from lofiseg.data.format import MANIFEST, SPLITS, Dataset, DatasetFormatError, Sample
 from lofiseg.data.web import WebReport, collect_web_images
-from lofiseg.reports import markdown_table
-from lofiseg.viz import contact_sheet, save_png
-from stages.common import log, run, stage_parser
+from lofiseg.viz.figures import markdown_table
+from lofiseg.viz.images import contact_sheet, save_png
+from stages.cli import log, run, stage_parser
 
 PREVIEW_PER_CLASS = 8
 

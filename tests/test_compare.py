@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from commands import compare
-from lofiseg import comparison, tracking
-from lofiseg.comparison import best_values, is_setting, lower_is_better
-from lofiseg.tracking import Tracker
+from lofiseg.track import comparison, tracking
+from lofiseg.track.comparison import best_values, is_setting, lower_is_better
+from lofiseg.track.tracking import Tracker
 from tests.pipeline_repo import make_repo, run
 
 # Three runs. Latest metric values (the last step):

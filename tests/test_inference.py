@@ -1,4 +1,4 @@
-"""Multi-scale + flip test-time inference (lofiseg.inference.multi_scale_probs), worked by hand."""
+"""Multi-scale + flip test-time inference (lofiseg.infer.predict.multi_scale_probs), worked by hand."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from lofiseg.inference import multi_scale_probs
-from lofiseg.models import build_model
+from lofiseg.infer.predict import multi_scale_probs
+from lofiseg.models.factory import build_model
 from tests.test_predict import RedLogits
 
 

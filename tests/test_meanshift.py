@@ -9,14 +9,14 @@ import pytest
 import torch
 from sklearn.cluster import MeanShift
 
-from lofiseg.meanshift import (
+from lofiseg.infer.meanshift import (
     align_signs,
     chord_bandwidth,
     cosine_threshold,
     mean_shift,
     refine_multiresolution,
 )
-from lofiseg.region_inference import RegionEvaluator, RegionSettings, cluster, segment
+from lofiseg.infer.regions import RegionEvaluator, RegionSettings, cluster, segment
 
 
 def noisy_lines(centres: torch.Tensor, per: int, noise: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,17 +8,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from lofiseg.models import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ChannelSelected,
-    build_model,
-    channel_correlations,
-    choose_foreground_channel,
-    list_architectures,
-    list_encoders,
-    lite0_imagenet_state_dict,
-)
+from lofiseg.models.channel import ChannelSelected, channel_correlations, choose_foreground_channel
+from lofiseg.models.encoder_weights import lite0_imagenet_state_dict
+from lofiseg.models.factory import IMAGENET_MEAN, IMAGENET_STD, build_model, list_architectures, list_encoders
 
 
 @pytest.fixture(autouse=True)

@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from commands import predict
-from lofiseg.bundle import load_bundle, save_bundle
 from lofiseg.data.format import read_image, read_mask
-from lofiseg.models import build_model
-from lofiseg.viz import save_png
-from stages.common import run
+from lofiseg.models.bundle import load_bundle, save_bundle
+from lofiseg.models.factory import build_model
+from lofiseg.viz.images import save_png
+from stages.cli import run
 
 CPU = torch.device("cpu")
 

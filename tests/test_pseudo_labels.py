@@ -9,16 +9,16 @@ import pytest
 import torch
 import yaml
 
-from lofiseg.bundle import load_bundle, save_bundle
 from lofiseg.config import ModelParams
-from lofiseg.crf import CRFParams
 from lofiseg.data.format import Dataset, DatasetFormatError, DatasetWriter, read_mask
 from lofiseg.data.labels import read_class_names
 from lofiseg.data.loading import load_split
 from lofiseg.data.synthetic import generate_web
-from lofiseg.inference import predict_probs
-from lofiseg.models import build_model
-from lofiseg.pseudo_labels import pseudo_label
+from lofiseg.infer.dense_crf import CRFParams
+from lofiseg.infer.predict import predict_probs
+from lofiseg.infer.pseudo_labels import pseudo_label
+from lofiseg.models.bundle import load_bundle, save_bundle
+from lofiseg.models.factory import build_model
 from stages import pseudo_gt
 from stages import pseudo_label as pseudo_label_stage
 from stages.pseudo_label import upsample
@@ -180,7 +180,7 @@ def test_pseudo_gt_names_a_missing_class(workdir, tmp_path, capsys):
     argv = ["--params", str(workdir / "params.yaml"), "--parts", str(parts), "--out", str(tmp_path / "out")]
     with pytest.raises(DatasetFormatError, match=r"class\(es\) \['leaf'\]"):
         pseudo_gt.main(argv)
-    from stages.common import run
+    from stages.cli import run
 
     assert run(pseudo_gt.main, argv) == 2
     assert "leaf" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""lofiseg.registry, stages.register and commands.promote against a real MLflow sqlite store in a tmp folder."""
+"""lofiseg.track.registry, stages.register and commands.promote against a real MLflow sqlite store in a tmp folder."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ import yaml
 from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
 
-from lofiseg import tracking
-from lofiseg.bundle import save_bundle
 from lofiseg.config import ParamsError
-from lofiseg.models import build_model
-from lofiseg.registry import (
+from lofiseg.models.bundle import save_bundle
+from lofiseg.models.factory import build_model
+from lofiseg.track import tracking
+from lofiseg.track.registry import (
     CHALLENGER,
     CHAMPION,
     TAG_DECISION,
@@ -33,8 +33,8 @@ from lofiseg.registry import (
     RegistryError,
     decide,
 )
-from lofiseg.tracking import TrackingUnavailable
-from stages.common import run
+from lofiseg.track.tracking import TrackingUnavailable
+from stages.cli import run
 from tests.pipeline_repo import PROJECT
 
 REPO = Path(__file__).resolve().parents[1]
@@ -183,7 +183,7 @@ def test_manual_promote_and_rollback(registry: Registry, tmp_path: Path, capsys)
 
 
 def test_champion_uri_loads_and_predicts_like_the_bundle(registry: Registry, tmp_path: Path) -> None:
-    from lofiseg.bundle import load_bundle
+    from lofiseg.models.bundle import load_bundle
 
     name = "loadable"
     bundle = make_bundle(tmp_path / "a", 3)
@@ -200,9 +200,9 @@ def test_champion_uri_loads_and_predicts_like_the_bundle(registry: Registry, tmp
 
 def test_predict_command_runs_the_champion(registry: Registry, tmp_path: Path) -> None:
     from commands import predict
-    from lofiseg.bundle import load_bundle
     from lofiseg.data.format import read_mask
-    from lofiseg.viz import save_png
+    from lofiseg.models.bundle import load_bundle
+    from lofiseg.viz.images import save_png
 
     name = "predict-me"
     bundle = make_bundle(tmp_path / "a", 4)
@@ -221,7 +221,7 @@ def test_predict_command_runs_the_champion(registry: Registry, tmp_path: Path) -
 def test_unreachable_store_fails_fast_and_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                   capsys) -> None:
     from commands import predict
-    from lofiseg.viz import save_png
+    from lofiseg.viz.images import save_png
 
     uri = closed_port_uri()
     start = time.monotonic()

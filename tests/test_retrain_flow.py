@@ -45,8 +45,8 @@ def test_retrain_pulls_trains_registers_promotes_and_pushes(tmp_path, moto_serve
     monkeypatch.chdir(repo)
 
     from flows.retrain import retrain
-    from lofiseg import tracking
-    from lofiseg.registry import Registry
+    from lofiseg.track import tracking
+    from lofiseg.track.registry import Registry
 
     with prefect_test_harness(server_startup_timeout=120):
         first = retrain(str(repo), targets=[TARGET, "web"])

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lofiseg import tracking
-from lofiseg.tracking import Tracker, TrackingUnavailable
+from lofiseg.track import tracking
+from lofiseg.track.tracking import Tracker, TrackingUnavailable
 from tests.pipeline_repo import dvc, make_repo
 from tests.servers import closed_port, isolate_aws_env, moto_server, serve_on_loopback  # noqa: F401
 
@@ -274,7 +274,7 @@ def test_tracker_with_unreachable_s3_fails_fast_naming_the_endpoint(aws: str, ml
     assert dead in message and f"{root}/s3-down" in message and tracking.S3_ENDPOINT_ENV in message
     assert MlflowClient(mlflow_store).get_experiment_by_name("s3-down") is None  # nothing left behind
 
-    with caplog.at_level(logging.WARNING, logger="lofiseg.tracking"):
+    with caplog.at_level(logging.WARNING, logger="lofiseg.track.tracking"):
         with Tracker("s3-down", "run", uri=mlflow_store, artifact_root=root, required=False,
                      timeout_s=2.0) as tracker:
             assert not tracker.active

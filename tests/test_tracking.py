@@ -1,4 +1,4 @@
-"""lofiseg.tracking against a real MLflow with a sqlite store in a temporary folder (one DB per module)."""
+"""lofiseg.track.tracking against a real MLflow with a sqlite store in a temporary folder (one DB per module)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from lofiseg import tracking
-from lofiseg.tracking import Tracker, TrackingUnavailable
+from lofiseg.track import tracking
+from lofiseg.track.tracking import Tracker, TrackingUnavailable
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -125,7 +125,7 @@ def test_http_store_whose_api_fails_or_hangs_is_unavailable_in_time(mode: str, r
 
 def test_unreachable_store_not_required_gives_a_noop_tracker_that_warns(caplog: pytest.LogCaptureFixture
                                                                         ) -> None:
-    with caplog.at_level(logging.WARNING, logger="lofiseg.tracking"):
+    with caplog.at_level(logging.WARNING, logger="lofiseg.track.tracking"):
         with Tracker("exp", "run", uri=closed_port_uri(), required=False, timeout_s=2.0) as tracker:
             assert not tracker.active and tracker.run_id is None
             tracker.log_params({"a": 1})
@@ -133,7 +133,7 @@ def test_unreachable_store_not_required_gives_a_noop_tracker_that_warns(caplog: 
             tracker.set_tags({"t": "v"})
             assert tracker.log_model(torch.nn.Conv2d(3, 2, 1), "model", torch.zeros(1, 3, 8, 8)) is None
     assert "training WITHOUT tracking" in caplog.text
-    with caplog.at_level(logging.WARNING, logger="lofiseg.tracking"):
+    with caplog.at_level(logging.WARNING, logger="lofiseg.track.tracking"):
         with Tracker("exp", "run", uri="sqlite:///never/created.db", enabled=False) as tracker:
             assert not tracker.active
     assert not Path("never").exists()

@@ -15,13 +15,19 @@ import pytest
 import torch
 import yaml
 
-from lofiseg.bundle import load_bundle
 from lofiseg.config import SyntheticScenes, load_params, parse_params
 from lofiseg.data.format import Dataset, DatasetWriter, Sample
 from lofiseg.data.labels import class_names_json, remap_labels
 from lofiseg.data.synthetic import generate_scenes, generate_web
-from lofiseg.distributed import DistContext, check_batch_size, context_from_env, shard_batch, shard_batches
-from lofiseg.training import load_checkpoint
+from lofiseg.models.bundle import load_bundle
+from lofiseg.train.distributed import (
+    DistContext,
+    check_batch_size,
+    context_from_env,
+    shard_batch,
+    shard_batches,
+)
+from lofiseg.train.loop import load_checkpoint
 from stages import train_deeplab
 from tests.pipeline_repo import PROJECT, TINY, deep_merge, tool_env
 
@@ -286,9 +292,9 @@ import json, sys
 import torch
 from torch import nn
 from lofiseg.data.loading import TensorSplit, iterate_batches, random_flip, random_rescale
-from lofiseg.distributed import DistContext, distributed_session, shard_batches, wrap_model
+from lofiseg.train.distributed import DistContext, distributed_session, shard_batches, wrap_model
 from lofiseg.losses import cross_entropy_loss
-from lofiseg.training import epoch_generator
+from lofiseg.train.loop import epoch_generator
 
 torch.set_num_threads(1)
 g = torch.Generator().manual_seed(0)

@@ -13,13 +13,13 @@ import pytest
 import torch
 import yaml
 
-from lofiseg.bundle import load_bundle
 from lofiseg.config import SyntheticRegions, parse_params
 from lofiseg.data.format import DatasetWriter
 from lofiseg.data.synthetic import generate_regions
-from lofiseg.heads import descriptor_model
-from lofiseg.region_inference import inference_settings, segment_images
-from lofiseg.training import load_checkpoint
+from lofiseg.infer.regions import inference_settings, segment_images
+from lofiseg.models.bundle import load_bundle
+from lofiseg.models.descriptor_heads import descriptor_model
+from lofiseg.train.loop import load_checkpoint
 from stages.train_regions import METHODS, make_step, train_regions
 from tests.pipeline_repo import PROJECT, TINY, deep_merge, tool_env
 

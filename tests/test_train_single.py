@@ -11,16 +11,16 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-import lofiseg.training
-from lofiseg.bundle import load_bundle
+import lofiseg.train.loop
 from lofiseg.config import RegularizedScheduleParams, WebParams
 from lofiseg.data.format import Dataset, DatasetFormatError, DatasetWriter, Sample
 from lofiseg.data.loading import TensorSplit
 from lofiseg.data.synthetic import generate_saliency, generate_web
 from lofiseg.data.web import collect_web_images
 from lofiseg.losses.regularized import RegularizedLossSchedule, complete_regularized_terms
-from lofiseg.models import build_model
-from lofiseg.single_class import (
+from lofiseg.models.bundle import load_bundle
+from lofiseg.models.factory import build_model
+from lofiseg.train.regularized_plan import (
     RegularizedStep,
     class_records,
     gt_labels,
@@ -268,7 +268,7 @@ def test_init_from_a_data_set_trains_on_its_train_images(root):
 
 def test_a_killed_run_resumes_at_the_next_epoch(root, monkeypatch):
     params = params_file(root, "resume")
-    real_save, saved = lofiseg.training.save_checkpoint, []
+    real_save, saved = lofiseg.train.loop.save_checkpoint, []
 
     def save_then_die(path, state):
         real_save(path, state)
@@ -276,14 +276,14 @@ def test_a_killed_run_resumes_at_the_next_epoch(root, monkeypatch):
         if len(saved) == 2:
             raise RuntimeError("simulated kill after epoch 2")
 
-    monkeypatch.setattr(lofiseg.training, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(lofiseg.train.loop, "save_checkpoint", save_then_die)
     with pytest.raises(RuntimeError, match="simulated kill"):
         stage(root, params, "--class", "leaf", "--data", "web_nomask", "--out", "leaf_resumed")
-    checkpoint = lofiseg.training.load_checkpoint(root / "ckpt" / "leaf-reg.pt")
+    checkpoint = lofiseg.train.loop.load_checkpoint(root / "ckpt" / "leaf-reg.pt")
     assert checkpoint["epoch"] == 1 and not (root / "leaf_resumed").exists()
 
     saved.clear()
-    monkeypatch.setattr(lofiseg.training, "save_checkpoint", lambda path, state: (saved.append(state["epoch"]),
+    monkeypatch.setattr(lofiseg.train.loop, "save_checkpoint", lambda path, state: (saved.append(state["epoch"]),
                                                                                  real_save(path, state)))
     stage(root, params, "--class", "leaf", "--data", "web_nomask", "--out", "leaf_resumed")
     assert saved == [2, 3]  # epochs 3 and 4 (0-based 2, 3) only

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from lofiseg.data.format import Sample
-from lofiseg.viz import (
+from lofiseg.viz.images import (
     BACKGROUND,
     EMPTY,
     GAP,

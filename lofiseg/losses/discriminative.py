@@ -14,7 +14,7 @@ Embeddings are the raw network output (no normalisation). Every distinct label o
 instances are skipped; an image with one instance has no push term. The loss is the mean over images.
 At inference a pixel belongs to an instance when it lies within ``delta_d`` of its centre, so mean-shift
 (flat kernel) with bandwidth ``delta_d`` separates converged clusters (points within ``delta_v`` of centres
-that lie ``2 delta_d`` apart): see :mod:`lofiseg.region_inference`.
+that lie ``2 delta_d`` apart): see :mod:`lofiseg.infer.regions`.
 """
 
 from __future__ import annotations

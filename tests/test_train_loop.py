@@ -16,7 +16,7 @@ from lofiseg.data.loading import (
     random_mosaic,
     random_rescale,
 )
-from lofiseg.training import (
+from lofiseg.train.loop import (
     Trainer,
     epoch_generator,
     load_checkpoint,

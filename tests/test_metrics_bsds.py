@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lofiseg.metrics.regions import (
+from lofiseg.metrics.bsds import (
     RegionMeter,
     boundary_counts,
     boundary_f_measure,

@@ -13,8 +13,8 @@ import dataclasses
 import numpy as np
 import torch
 
-from lofiseg.crf import CRFParams, dense_crf
 from lofiseg.data.format import IGNORE
+from lofiseg.infer.dense_crf import CRFParams, dense_crf
 
 
 def _foreground(probs: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lofiseg.atomic import atomic_dir, atomic_write_text
-from lofiseg.reports import lines_figure, markdown_table, plt, save_figure
+from lofiseg.viz.figures import lines_figure, markdown_table, plt, save_figure
 
 MISSING = "—"
 LOWER_WORDS = ("mae", "vi", "degenerate")

@@ -1,6 +1,6 @@
 """The MLflow model registry: register a model bundle, gate its promotion, promote or roll back by hand.
 
-With :mod:`lofiseg.tracking`, the only module of lofiseg that imports mlflow (lazily, through it).
+With :mod:`lofiseg.track.tracking`, the only module of lofiseg that imports mlflow (lazily, through it).
 
 Each registration is a ``register-<name>`` run that logs the bundle's model with its signature and an input
 example, then becomes a new version of the registered model ``name`` with alias ``challenger`` and tags: the
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from lofiseg import tracking
+from lofiseg.track import tracking
 
 if TYPE_CHECKING:
     import torch
@@ -135,11 +135,11 @@ def load_registrable(bundle: str | os.PathLike) -> tuple[torch.nn.Module, dict[s
     """The model a bundle folder (``<folder>/model.pt``) or file holds, as registered and predicted with.
 
     A saliency bundle (``info["task"] == "saliency"`` with a ``channel``) becomes
-    :class:`~lofiseg.models.ChannelSelected`: (N, 1, H, W) probability of the salient channel (CAS Sec. 4.2),
+    :class:`~lofiseg.models.channel.ChannelSelected`: (N, 1, H, W) probability of the salient channel (CAS Sec. 4.2),
     as train_saliency logs it; any other bundle gives its (N, M, H, W) logits.
     """
-    from lofiseg.bundle import load_bundle
-    from lofiseg.models import ChannelSelected
+    from lofiseg.models.bundle import load_bundle
+    from lofiseg.models.channel import ChannelSelected
 
     path = Path(bundle)
     model, info = load_bundle(path / BUNDLE_FILE if path.is_dir() else path)
@@ -163,7 +163,7 @@ def _float_tag(tags: Mapping[str, str], key: str) -> float | None:
 # --- the registry -------------------------------------------------------------------------------------------
 
 class Registry:
-    """The MLflow registry at ``uri`` (default: :func:`lofiseg.tracking.default_tracking_uri` of the cwd).
+    """The MLflow registry at ``uri`` (default: :func:`lofiseg.track.tracking.default_tracking_uri` of the cwd).
 
     The store is checked at construction: an unusable one raises :class:`TrackingUnavailable` within about
     ``timeout_s`` (twice that for http).
@@ -232,7 +232,7 @@ class Registry:
 
         ``metrics`` ("/"-path -> value, the gate metric among them) are logged to the run and tagged on the
         version; ``eval_set`` is the evaluation set's hash (None: unknown); ``tags`` (e.g.
-        :func:`lofiseg.tracking.standard_tags`) go on both. Returns (version, register run id).
+        :func:`lofiseg.track.tracking.standard_tags`) go on both. Returns (version, register run id).
         """
         if gate_metric not in metrics:
             raise ValueError(f"metrics: the gate metric {gate_metric!r} is missing; got {sorted(metrics)}")

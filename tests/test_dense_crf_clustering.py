@@ -4,14 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from lofiseg.crf import (
-    CRFParams,
-    cluster_descriptors,
-    dense_crf,
-    kmeans,
-    merge_small_regions,
-    postprocess_regions,
-)
+from lofiseg.infer.clustering import cluster_descriptors, kmeans, merge_small_regions, postprocess_regions
+from lofiseg.infer.dense_crf import CRFParams, dense_crf
 
 
 def _two_halves(size: int = 32) -> tuple[np.ndarray, np.ndarray]:

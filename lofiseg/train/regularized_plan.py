@@ -28,7 +28,7 @@ from lofiseg.config import RegularizedScheduleParams
 from lofiseg.data.format import IGNORE, Dataset, DatasetFormatError, Record
 from lofiseg.data.loading import Augment, TensorSplit, iterate_batches, to_float
 from lofiseg.losses.regularized import CompleteRegularizedLoss, RegularizedLossSchedule, StageParams
-from lofiseg.models import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel
+from lofiseg.models.factory import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel
 
 TERMS = ("sparse_crf", "volumetric", "positional", "negative")
 VOLUMETRIC_KEYS = ("volumetric_target", "volumetric_min")  # loss constants, not per-epoch schedule

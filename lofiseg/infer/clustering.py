@@ -1,121 +1,18 @@
-"""Fully connected CRF refinement (Kraehenbuehl & Koltun, via pydensecrf) and the CAS multi-region post-processing.
-
-:func:`dense_crf` refines a softmax map: unary -log p, a Gaussian (appearance-free smoothness) kernel and a
-bilateral (position + colour) kernel, mean-field inference. :func:`postprocess_regions` is the CAS supplement's
-post-processing for multi-object segmentation (Sec. E): cluster the network's descriptors into 20 regions, then
-smooth out the regions with less than 2% of the image's pixels with the dense CRF (:func:`merge_small_regions`).
+"""The CAS multi-region post-processing (CAS supplement Sec. E): cluster the network's descriptors into 20
+regions (:func:`cluster_descriptors`, k-means), then smooth out the regions with less than 2% of the image's
+pixels with the dense CRF (:func:`merge_small_regions`); :func:`postprocess_regions` does both.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
-PROB_CLIP = 1e-8
-SUM_TOLERANCE = 1e-3
-
-
-@dataclass(frozen=True)
-class CRFParams:
-    """Dense-CRF settings (pydensecrf names): mean-field iterations, Gaussian and bilateral kernels."""
-
-    iterations: int = 5
-    gaussian_sxy: float = 3.0
-    gaussian_compat: float = 3.0
-    bilateral_sxy: float = 80.0
-    bilateral_srgb: float = 13.0
-    bilateral_compat: float = 10.0
-
-    def __post_init__(self) -> None:
-        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
-            raise ValueError(f"iterations must be a positive int, got {self.iterations!r}")
-        for name in ("gaussian_sxy", "bilateral_sxy", "bilateral_srgb"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or not value > 0:
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
-        for name in ("gaussian_compat", "bilateral_compat"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or not value >= 0:
-                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-
-
-def _to_numpy(array: object, name: str) -> np.ndarray:
-    if isinstance(array, np.ndarray):
-        return array
-    if hasattr(array, "detach") and hasattr(array, "cpu"):  # a torch tensor
-        return array.detach().cpu().numpy()
-    raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(array).__name__}")
-
-
-def _check_image(image: object, height: int | None = None, width: int | None = None) -> np.ndarray:
-    image = _to_numpy(image, "image")
-    if image.dtype != np.uint8:
-        raise TypeError(f"image must be uint8 (H, W, 3), got dtype {image.dtype}")
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must have shape (H, W, 3), got {image.shape}")
-    if height is not None and image.shape[:2] != (height, width):
-        raise ValueError(f"image must have shape ({height}, {width}, 3) to match the map, got {image.shape}")
-    return np.require(image, requirements=["C", "W"])  # pydensecrf needs a writeable buffer (PIL's is read-only)
-
-
-def _check_probs(probs: object) -> np.ndarray:
-    probs = _to_numpy(probs, "probs")
-    if not np.issubdtype(probs.dtype, np.floating):
-        raise TypeError(f"probs must be a float array (M, H, W), got dtype {probs.dtype}")
-    if probs.ndim != 3 or probs.shape[0] < 2:
-        raise ValueError(f"probs must have shape (M, H, W) with M >= 2, got {probs.shape}")
-    if not np.isfinite(probs).all():
-        raise ValueError("probs must be finite")
-    sums = probs.sum(axis=0, dtype=np.float64)
-    worst = float(np.abs(sums - 1.0).max())
-    if worst > SUM_TOLERANCE:
-        raise ValueError(f"probs must sum to 1 over the M channels at every pixel; off by up to {worst:.3g}")
-    return probs
-
-
-def _crf_inference(image: np.ndarray, unary: np.ndarray, params: CRFParams) -> np.ndarray:
-    """Mean-field Q (M, H*W) for the unary energy (M, H*W) float32 and the image's pairwise kernels."""
-    import pydensecrf.densecrf as dcrf
-
-    num_labels = unary.shape[0]
-    height, width = image.shape[:2]
-    crf = dcrf.DenseCRF2D(width, height, num_labels)
-    crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
-    crf.addPairwiseGaussian(sxy=params.gaussian_sxy, compat=params.gaussian_compat)
-    crf.addPairwiseBilateral(
-        sxy=params.bilateral_sxy, srgb=params.bilateral_srgb, rgbim=image, compat=params.bilateral_compat
-    )
-    return np.asarray(crf.inference(params.iterations), dtype=np.float32)
-
-
-def dense_crf(
-    image: np.ndarray,
-    probs: np.ndarray,
-    iterations: int = 5,
-    gaussian_sxy: float = 3.0,
-    gaussian_compat: float = 3.0,
-    bilateral_sxy: float = 80.0,
-    bilateral_srgb: float = 13.0,
-    bilateral_compat: float = 10.0,
-) -> np.ndarray:
-    """Refine softmax probabilities (M, H, W) with a fully connected CRF over the uint8 RGB ``image`` (H, W, 3).
-
-    Unary energy -log(clip(p, 1e-8, 1)); Potts pairwise terms with a Gaussian kernel (``gaussian_sxy``) and a
-    bilateral kernel (``bilateral_sxy`` px, ``bilateral_srgb`` colour levels). Returns float32 (M, H, W)
-    probabilities. Settings from params: ``dense_crf(image, probs, **dataclasses.asdict(crf_params))``.
-    """
-    params = CRFParams(iterations, gaussian_sxy, gaussian_compat, bilateral_sxy, bilateral_srgb, bilateral_compat)
-    probs = _check_probs(probs)
-    num_labels, height, width = probs.shape
-    image = _check_image(image, height, width)
-    unary = -np.log(np.clip(probs, PROB_CLIP, 1.0).astype(np.float32)).reshape(num_labels, -1)
-    return _crf_inference(image, unary, params).reshape(num_labels, height, width)
+from lofiseg.infer.dense_crf import CRFParams, as_numpy, check_image, crf_inference
 
 
 def _check_labels(labels: object) -> np.ndarray:
-    labels = _to_numpy(labels, "labels")
+    labels = as_numpy(labels, "labels")
     if not np.issubdtype(labels.dtype, np.integer):
         raise TypeError(f"labels must be an integer array (H, W), got dtype {labels.dtype}")
     if labels.ndim != 2:
@@ -140,7 +37,7 @@ def merge_small_regions(
     """
     crf = crf or CRFParams()
     labels = _check_labels(labels)
-    image = _check_image(image, *labels.shape)
+    image = check_image(image, *labels.shape)
     if not 0.0 <= min_area_fraction < 1.0:
         raise ValueError(f"min_area_fraction must be in [0, 1), got {min_area_fraction!r}")
     if not 0.0 < label_confidence < 1.0:
@@ -166,7 +63,7 @@ def merge_small_regions(
     survivor_pixels = np.flatnonzero(~small_pixel)
     probs[survivor_index[dense[survivor_pixels]], survivor_pixels] = label_confidence
     probs[:, small_pixel] = 1.0 / num_survivors
-    q = _crf_inference(image, -np.log(probs), crf)
+    q = crf_inference(image, -np.log(probs), crf)
 
     merged = survivor_index[dense]
     merged[small_pixel] = q[:, small_pixel].argmax(axis=0)
@@ -215,7 +112,7 @@ def cluster_descriptors(descriptors: np.ndarray, max_regions: int = 20, seed: in
 
     k = min(max_regions, number of distinct descriptors). Returns int64 (H, W) labels 0..K-1, K <= k.
     """
-    descriptors = _to_numpy(descriptors, "descriptors")
+    descriptors = as_numpy(descriptors, "descriptors")
     if not np.issubdtype(descriptors.dtype, np.floating):
         raise TypeError(f"descriptors must be a float array (D, H, W), got dtype {descriptors.dtype}")
     if descriptors.ndim != 3:
@@ -244,9 +141,9 @@ def postprocess_regions(
     ``image`` uint8 (H, W, 3), ``descriptors`` float (D, H, W) (the network's softmax output). Returns an int64
     label map (H, W) with at most ``max_regions`` labels 0..K-1, each covering >= ``min_area_fraction`` of it.
     """
-    descriptors = _to_numpy(descriptors, "descriptors")
+    descriptors = as_numpy(descriptors, "descriptors")
     if descriptors.ndim != 3:
         raise ValueError(f"descriptors must have shape (D, H, W), got {descriptors.shape}")
-    _check_image(image, *descriptors.shape[1:])
+    check_image(image, *descriptors.shape[1:])
     clusters = cluster_descriptors(descriptors, max_regions=max_regions, seed=seed)
     return merge_small_regions(image, clusters, min_area_fraction=min_area_fraction, crf=crf)

@@ -35,7 +35,7 @@ import numpy as np
 from scipy.ndimage import maximum_filter, minimum_filter
 from scipy.optimize import linear_sum_assignment
 
-from .regions import LabelArray, as_label_map
+from lofiseg.metrics.bsds import LabelArray, as_label_map
 
 __all__ = [
     "AgnosticMeter",

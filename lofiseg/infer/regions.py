@@ -5,14 +5,14 @@ for all of them, so that a difference in the table comes from the learned descri
 
 * cas, ce (softmax over M channels): argmax over channels (M <= 20 regions; the CAS supplement E's "cluster
   the descriptors into 20 regions"), or ``clustering="kmeans"``: k-means of the softmax vectors into
-  ``max_regions`` clusters (:func:`lofiseg.crf.cluster_descriptors`).
+  ``max_regions`` clusters (:func:`lofiseg.infer.clustering.cluster_descriptors`).
 * projective: mean-shift on the projective sphere, 45-degree flat kernel (Dille et al. Sec. 4,
-  :mod:`lofiseg.meanshift`), at most ``max_regions`` densest modes; optional multi-resolution refinement
+  :mod:`lofiseg.infer.meanshift`), at most ``max_regions`` densest modes; optional multi-resolution refinement
   (``scales`` e.g. (1.0, 2.0): the image is also run up-sampled, clustered, and merged coarse to fine).
 * discriminative: Euclidean mean-shift with bandwidth ``delta_d`` (De Brabandere et al.: converged clusters
   lie within delta_v of centres 2 delta_d apart), at most ``max_regions`` modes.
 * then (CAS supplement E): regions under ``min_area_fraction`` of the image are absorbed by their
-  neighbours with the dense CRF (:func:`lofiseg.crf.merge_small_regions`); 0 turns it off.
+  neighbours with the dense CRF (:func:`lofiseg.infer.clustering.merge_small_regions`); 0 turns it off.
 
 :class:`RegionEvaluator` pools the seven numbers of ``metrics/regions.json``: BSDS covering, probabilistic
 Rand index, variation of information and boundary F (one candidate per image, so ODS = OIS), and Dille et
@@ -32,13 +32,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from lofiseg.crf import CRFParams, cluster_descriptors, merge_small_regions
 from lofiseg.data.loading import rescale_images
-from lofiseg.heads import descriptor_kind, descriptor_model
+from lofiseg.infer.clustering import cluster_descriptors, merge_small_regions
+from lofiseg.infer.dense_crf import CRFParams
+from lofiseg.infer.meanshift import cosine_threshold, mean_shift, refine_multiresolution
 from lofiseg.losses.discriminative import DELTA_D
-from lofiseg.meanshift import cosine_threshold, mean_shift, refine_multiresolution
-from lofiseg.metrics.agnostic import AgnosticMeter
-from lofiseg.metrics.regions import RegionMeter
+from lofiseg.metrics.bsds import RegionMeter
+from lofiseg.metrics.segment_matching import AgnosticMeter
+from lofiseg.models.descriptor_heads import descriptor_kind, descriptor_model
 
 if TYPE_CHECKING:
     from lofiseg.config import TrainRegionsParams

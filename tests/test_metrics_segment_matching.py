@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lofiseg.metrics.agnostic import (
+from lofiseg.metrics.segment_matching import (
     AgnosticMeter,
     agnostic_scores,
     boundary_band,

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from lofiseg.atomic import atomic_file
-from lofiseg.models import SegmentationModel, build_model
+from lofiseg.models.factory import SegmentationModel, build_model
 
 FORMAT = 1
 

@@ -11,8 +11,8 @@ from lofiseg.config import ParamsError
 from lofiseg.data.archives import ArchiveError
 from lofiseg.data.format import DatasetFormatError
 from lofiseg.data.sources import SourceError
-from lofiseg.registry import RegistryError
-from lofiseg.tracking import TrackingUnavailable
+from lofiseg.track.registry import RegistryError
+from lofiseg.track.tracking import TrackingUnavailable
 
 log = logging.getLogger("lofiseg")
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from lofiseg.data.format import Dataset, Record
 from lofiseg.data.loading import TensorSplit, iterate_batches, load_split, rescale_images
-from lofiseg.models import choose_foreground_channel
+from lofiseg.models.channel import choose_foreground_channel
 
 
 def check_scales(scales: Sequence[float]) -> tuple[float, ...]:

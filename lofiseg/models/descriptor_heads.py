@@ -1,12 +1,12 @@
-"""Per-pixel descriptor heads on top of any :func:`lofiseg.models.build_model` network.
+"""Per-pixel descriptor heads on top of any :func:`lofiseg.models.factory.build_model` network.
 
 * :class:`ProjectiveHead` (Dille et al. Sec. 3.1, 3.6): the network's ``d`` output channels -> ``tanh`` ->
   unit length per pixel, i.e. a point of the projective sphere (Eq. 1). The losses need the ``tanh`` output
   before normalisation (the unit-length loss, Eq. 3): :meth:`ProjectiveHead.tanh_features`.
 * :class:`SoftmaxHead`: the softmax over the M channels (the CAS / CE descriptors, CAS supplement E).
 
-The trained network stays a plain :class:`~lofiseg.models.SegmentationModel` (saved with
-:func:`lofiseg.bundle.save_bundle`); the head is applied outside it, so :func:`descriptor_model` rebuilds the
+The trained network stays a plain :class:`~lofiseg.models.factory.SegmentationModel` (saved with
+:func:`lofiseg.models.bundle.save_bundle`); the head is applied outside it, so :func:`descriptor_model` rebuilds the
 descriptor model of a region method from a loaded bundle.
 """
 

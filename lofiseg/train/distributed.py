@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch import nn
 
 from lofiseg.data.format import IGNORE
-from lofiseg.training import Trainer
+from lofiseg.train.loop import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def broadcast_buffers(model: nn.Module, ctx: DistContext) -> None:
 
 
 class DistributedTrainer(Trainer):
-    """:class:`lofiseg.training.Trainer` whose checkpoints are written by rank 0 only (all ranks read them)."""
+    """:class:`lofiseg.train.loop.Trainer` whose checkpoints are written by rank 0 only (all ranks read them)."""
 
     def __init__(self, *args: object, ctx: DistContext | None = None, **kwargs: object) -> None:
         self.ctx = ctx or DistContext()
