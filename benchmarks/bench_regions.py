@@ -116,7 +116,7 @@ def speed_table() -> str:
 
 def metrics_table(workdir: Path) -> tuple[str, str]:
     from stages.evaluate_regions import evaluate_regions, table2, table6
-    from stages.train_regions import inference_settings, train_regions
+    from stages.train_regions import train_regions
 
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{workdir}/mlflow.db")
     os.environ.setdefault("MLFLOW_ARTIFACT_ROOT", str(workdir / "mlartifacts"))
@@ -140,7 +140,7 @@ def metrics_table(workdir: Path) -> tuple[str, str]:
     dataset = Dataset(raw / "regions")
     records = dataset.split("test")
     scores = {m: {k: metrics[m][k] for k in metrics[m] if not isinstance(metrics[m][k], dict)} for m in metrics}
-    base = inference_settings(params.train_regions, params.seed)
+    base = params.train_regions.region_settings(params.seed)
     variants = {"cas (k-means 20)": ("cas", replace(base, clustering="kmeans")),
                 "projective (multi-res 64 + 128 px)": ("projective", replace(base, scales=(1.0, 2.0)))}
     for name, (method, settings) in variants.items():

@@ -2,31 +2,86 @@
 
 Stages call :func:`load_params` before any work; an unknown key, a wrong type or an out-of-range value raises
 :class:`ParamsError` naming the key (``noise.rates[2]``) and what is allowed.
+
+This is the only module that knows params.yaml: the library takes its own settings objects (the dataclasses
+:class:`~lofiseg.losses.regularized.RegularizedLossSchedule`, :class:`~lofiseg.infer.regions.RegionSettings`,
+:class:`~lofiseg.infer.dense_crf.CRFParams`, or plain arguments), whose defaults are the defaults here; the
+params sections convert to them once (``schedule.loss_schedule()``, ``train_regions.region_settings()``, ...).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from lofiseg.data.web import WebClassSource, WebParams
-from lofiseg.schema import StrictModel
+from lofiseg.infer.dense_crf import CRFParams
+from lofiseg.infer.regions import RegionSettings
+from lofiseg.losses.regularized import (
+    BORDER_WIDTH,
+    CENTER_SIZE,
+    LAMBDA_S,
+    VOLUMETRIC_MIN,
+    VOLUMETRIC_TARGET,
+    CompleteRegularizedLoss,
+    RegularizedLossSchedule,
+)
+from lofiseg.models.factory import (
+    LITE0_ENCODERS,
+    SMP_ARCHS,
+    TINY_ARCH,
+    TORCHVISION_ARCHS,
+    list_architectures,
+    list_encoders,
+)
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 PositiveInt = Annotated[int, Field(ge=1)]
 ScaleFactor = Annotated[float, Field(gt=0.0, le=8.0)]  # an image resize factor
 Split = Literal["train", "val", "test"]
 CLASS_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+DEVICE = re.compile(r"^(auto|cpu|cuda(:[0-9]+)?)$")
+ENCODER_WEIGHTS = ("imagenet", "lite0-imagenet")  # or null, or the path of a state-dict file
+
+# The library's settings objects: their defaults are the defaults of the sections converting to them.
+_SCHEDULE = RegularizedLossSchedule()
+_REGIONS = RegionSettings()
+_CRF = CRFParams()
 
 
 class ParamsError(ValueError):
     """params.yaml is invalid; the message names every offending key."""
+
+
+class StrictModel(BaseModel):
+    """A params section: unknown keys, wrong types and out-of-range values are rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, validate_default=True)
+
+
+def _check_device(value: str) -> str:
+    if not DEVICE.match(value):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N (N = 0, 1, ...), got {value!r}")
+    return value
+
+
+Device = Annotated[str, AfterValidator(_check_device)]  # auto | cpu | cuda | cuda:N; LOFISEG_DEVICE overrides
 
 
 # --- synthetic default data -------------------------------------------------------------------------------
@@ -201,10 +256,38 @@ class ModelParams(StrictModel):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, value: str) -> str:
-        from lofiseg.models.factory import list_architectures
-
         if value not in list_architectures():
             raise ValueError(f"arch must be one of {list_architectures()}, got {value!r}")
+        return value
+
+    @field_validator("encoder")
+    @classmethod
+    def _known_encoder(cls, value: str | None, info: ValidationInfo) -> str | None:
+        arch = info.data.get("arch")
+        if arch is None:  # the arch is invalid: reported on its own
+            return value
+        if arch in SMP_ARCHS and value not in list_encoders(arch):
+            raise ValueError(f"arch {arch!r} needs an encoder, one of {list_encoders(arch)}, got {value!r}")
+        if arch in TORCHVISION_ARCHS and value not in (None, TORCHVISION_ARCHS[arch]):
+            raise ValueError(f"arch {arch!r} has the fixed encoder {TORCHVISION_ARCHS[arch]!r}: encoder must be "
+                             f"null or {TORCHVISION_ARCHS[arch]!r}, got {value!r}")
+        if arch == TINY_ARCH and value is not None:
+            raise ValueError(f"arch {arch!r} has its own encoder: encoder must be null, got {value!r}")
+        return value
+
+    @field_validator("encoder_weights")
+    @classmethod
+    def _known_weights(cls, value: str | None, info: ValidationInfo) -> str | None:
+        allowed = f"null, {', '.join(ENCODER_WEIGHTS)} or the path of an existing state-dict file"
+        if value is not None and value not in ENCODER_WEIGHTS and not Path(value).is_file():
+            raise ValueError(f"encoder_weights must be {allowed}; no such file: {value!r}")
+        arch, encoder = info.data.get("arch"), info.data.get("encoder")
+        if value in ENCODER_WEIGHTS and arch == TINY_ARCH:
+            raise ValueError(f"arch {arch!r} has no pretrained weights: encoder_weights must be null or a file, "
+                             f"got {value!r}")
+        if value == "lite0-imagenet" and arch is not None and encoder not in LITE0_ENCODERS:
+            raise ValueError(f"encoder_weights 'lite0-imagenet' needs encoder in {list(LITE0_ENCODERS)}, got "
+                             f"encoder {encoder!r}; use {allowed}")
         return value
 
 
@@ -223,7 +306,7 @@ class TrainSaliencyParams(StrictModel):
     alpha: Probability = 0.1  # CAS Eq. 1
     flip: bool = True  # random horizontal flips
     model: ModelParams = ModelParams()
-    device: str = "auto"  # auto | cpu | cuda | cuda:N; the LOFISEG_DEVICE env var overrides
+    device: Device = "auto"  # the LOFISEG_DEVICE env var overrides
     amp: bool = True  # mixed precision on cuda
 
     @field_validator("losses")
@@ -235,23 +318,33 @@ class TrainSaliencyParams(StrictModel):
 
 
 class RegularizedScheduleParams(StrictModel):
-    """Veksler Sec. 3.4: annealing (Eq. 8), normal and negative stages; see RegularizedLossSchedule."""
+    """Veksler Sec. 3.4: annealing (Eq. 8), normal and negative stages, and the constants of Eq. 4-5.
 
-    annealing_epochs: Annotated[int, Field(ge=0)] = 15  # 0 = no annealing (start from init_from instead)
-    normal_epochs: Annotated[int, Field(ge=0)] = 10
-    negative_epochs: Annotated[int, Field(ge=0)] = 5  # extra normal epochs with the negative loss (Eq. 7)
-    sigma_start: Annotated[float, Field(gt=0.0)] = 0.05
-    sigma_end: Annotated[float, Field(gt=0.0)] = 0.15
-    annealing_lambda_reg: Annotated[float, Field(ge=0.0)] = 1.0
-    normal_lambda_reg: Annotated[float, Field(ge=0.0)] = 100.0
-    lambda_v: Annotated[float, Field(ge=0.0)] = 1.0
-    lambda_p: Annotated[float, Field(ge=0.0)] = 1.0
-    lambda_neg: Annotated[float, Field(ge=0.0)] = 2.0
-    sigma_rule: Literal["code", "paper"] = "code"
+    Defaults are the library's (:class:`RegularizedLossSchedule`, the loss constants of
+    :mod:`lofiseg.losses.regularized`): the paper's values.
+    """
+
+    annealing_epochs: Annotated[int, Field(ge=0)] = _SCHEDULE.annealing_epochs  # 0 = start from init_from
+    normal_epochs: Annotated[int, Field(ge=0)] = _SCHEDULE.normal_epochs
+    negative_epochs: Annotated[int, Field(ge=0)] = _SCHEDULE.negative_epochs  # normal epochs + Eq. 7
+    sigma_start: Annotated[float, Field(gt=0.0)] = _SCHEDULE.sigma_start
+    sigma_end: Annotated[float, Field(gt=0.0)] = _SCHEDULE.sigma_end
+    annealing_lambda_reg: Annotated[float, Field(ge=0.0)] = _SCHEDULE.annealing_lambda_reg
+    normal_lambda_reg: Annotated[float, Field(ge=0.0)] = _SCHEDULE.normal_lambda_reg
+    lambda_v: Annotated[float, Field(ge=0.0)] = _SCHEDULE.lambda_v
+    lambda_p: Annotated[float, Field(ge=0.0)] = _SCHEDULE.lambda_p
+    lambda_neg: Annotated[float, Field(ge=0.0)] = _SCHEDULE.lambda_neg
+    sigma_rule: Literal["code", "paper"] = _SCHEDULE.sigma_rule
     # Eq. 4: the batch's mean object size is pulled to volumetric_target (paper 0.5, "replace 0.5
-    # appropriately" for other size ratios); each image's object to at least volumetric_min (paper 0.15)
-    volumetric_target: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
-    volumetric_min: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.15
+    # appropriately" for other size ratios); each image's object to at least volumetric_min (paper 0.15),
+    # weighted lambda_s, averaged over the batch (code) or summed (paper)
+    volumetric_target: Annotated[float, Field(gt=0.0, lt=1.0)] = VOLUMETRIC_TARGET
+    volumetric_min: Annotated[float, Field(ge=0.0, lt=1.0)] = VOLUMETRIC_MIN
+    lambda_s: Annotated[float, Field(ge=0.0)] = LAMBDA_S
+    min_size_reduction: Literal["mean", "sum"] = "mean"
+    # Eq. 5: the border strips' width w and the centre box's side c, in pixels of the network output
+    border_width: Annotated[int, Field(ge=1)] = BORDER_WIDTH
+    center_size: Annotated[int, Field(ge=1)] = CENTER_SIZE
 
     @model_validator(mode="after")
     def _min_below_target(self) -> RegularizedScheduleParams:
@@ -259,6 +352,22 @@ class RegularizedScheduleParams(StrictModel):
             raise ValueError(f"volumetric_min {self.volumetric_min} must not exceed volumetric_target "
                              f"{self.volumetric_target}")
         return self
+
+    def loss_schedule(self, *, anneal: bool = True, negatives: bool = True) -> RegularizedLossSchedule:
+        """The per-epoch schedule; ``anneal=False`` (weights transferred) drops the annealing stage and
+        ``negatives=False`` (no negative images) drops the negative stage."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(RegularizedLossSchedule)}
+        if not anneal:
+            values["annealing_epochs"] = 0
+        if not negatives:
+            values["negative_epochs"] = 0
+        return RegularizedLossSchedule(**values)
+
+    def loss(self) -> CompleteRegularizedLoss:
+        """Eq. 6 (+ Eq. 7) with this section's constants of Eq. 4 and 5 (the schedule sets the weights)."""
+        return CompleteRegularizedLoss(target_fraction=self.volumetric_target, min_fraction=self.volumetric_min,
+                                       lambda_s=self.lambda_s, border_width=self.border_width,
+                                       center_size=self.center_size, min_size_reduction=self.min_size_reduction)
 
 
 class FinetuneParams(StrictModel):
@@ -289,18 +398,39 @@ class TrainSingleParams(StrictModel):
     gt_epochs: PositiveInt = 10  # the -gt baseline: CE on ground truth, where the web set has it
     flip: bool = True
     model: ModelParams = Field(default_factory=_single_class_model)
-    device: str = "auto"
+    device: Device = "auto"
     amp: bool = True
+
+
+class CRFKernels(StrictModel):
+    """The pairwise kernels of a dense CRF (:class:`CRFParams`, pydensecrf's names and its defaults)."""
+
+    gaussian_sxy: Annotated[float, Field(gt=0.0)] = _CRF.gaussian_sxy  # smoothness kernel width, px
+    gaussian_compat: Annotated[float, Field(ge=0.0)] = _CRF.gaussian_compat  # its Potts weight
+    bilateral_sxy: Annotated[float, Field(gt=0.0)] = _CRF.bilateral_sxy  # appearance kernel width, px
+    bilateral_srgb: Annotated[float, Field(gt=0.0)] = _CRF.bilateral_srgb  # its colour width, levels
+    bilateral_compat: Annotated[float, Field(ge=0.0)] = _CRF.bilateral_compat  # its Potts weight
+
+    def settings(self, iterations: int) -> CRFParams:
+        return CRFParams(iterations=iterations, **self.model_dump())
+
+
+CRFIterations = Annotated[int, Field(ge=1, le=50)]
 
 
 class PseudoLabelParams(StrictModel):
     """``pseudo_label@<class>``: class model on its own web images -> pseudo ground truth (Veksler Sec. 4.3)."""
 
     crf: bool = True  # dense CRF refinement (pydensecrf) of the two-class probabilities
-    crf_iterations: Annotated[int, Field(ge=1, le=50)] = 5
+    crf_iterations: CRFIterations = _CRF.iterations
+    crf_kernels: CRFKernels = CRFKernels()
     confidence: Annotated[float, Field(ge=0.5, le=1.0)] = 0.5  # max class probability below it -> 255 (ignore)
     splits: list[Split] = Field(default_factory=lambda: ["train", "val"], min_length=1)
     batch_size: PositiveInt = 32
+
+    def crf_settings(self) -> CRFParams | None:
+        """The dense CRF of the refinement, None when ``crf`` is off."""
+        return self.crf_kernels.settings(self.crf_iterations) if self.crf else None
 
 
 def _deeplab_model() -> ModelParams:
@@ -336,7 +466,7 @@ class TrainDeeplabParams(StrictModel):
     rescale: tuple[Annotated[float, Field(gt=0.0)], Annotated[float, Field(gt=0.0)]] | None = (0.5, 2.0)
     mosaic: MosaicParams = Field(default_factory=MosaicParams)
     model: ModelParams = Field(default_factory=_deeplab_model)
-    device: str = "auto"
+    device: Device = "auto"
     amp: bool = True
 
     @model_validator(mode="after")
@@ -361,12 +491,17 @@ class TrainRegionsParams(StrictModel):
     channels: Annotated[int, Field(ge=2, le=255)] = 20  # M output channels of cas / ce (M >= regions)
     embedding_dim: Annotated[int, Field(ge=2, le=512)] = 16  # d of the projective head (paper 128)
     alpha: Probability = 0.1  # CAS Eq. 1
-    max_regions: Annotated[int, Field(ge=2, le=255)] = 20  # clustering at inference (supplement E)
-    min_area_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.02  # smaller regions absorbed by the CRF
-    bandwidth_degrees: Annotated[float, Field(gt=0.0, lt=90.0)] = 45.0  # mean-shift on the sphere (Dille)
+    # inference (RegionSettings, whose defaults these are): see lofiseg.infer.regions
+    clustering: Literal["argmax", "kmeans"] = _REGIONS.clustering  # cas / ce: argmax or k-means of the softmax
+    max_regions: Annotated[int, Field(ge=2, le=255)] = _REGIONS.max_regions  # clustering (supplement E)
+    min_area_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = _REGIONS.min_area_fraction  # CRF absorbs smaller
+    bandwidth_degrees: Annotated[float, Field(gt=0.0, lt=90.0)] = _REGIONS.bandwidth_degrees  # Dille mean-shift
+    max_points: PositiveInt = _REGIONS.max_points  # mean-shift modes found on a subsample of this many pixels
     # projective / discriminative: cluster at these multiples of image_size, coarse to fine, and keep the
     # coarse regions their finer copies refine (Dille et al. multi-resolution); [1.0] = one resolution
-    scales: list[ScaleFactor] = Field(default_factory=lambda: [1.0], min_length=1)
+    scales: list[ScaleFactor] = Field(default_factory=lambda: list(_REGIONS.scales), min_length=1)
+    crf_iterations: CRFIterations = _REGIONS.crf.iterations  # the small-region merge's dense CRF
+    crf_kernels: CRFKernels = CRFKernels()
     flip: bool = True
 
     @field_validator("scales")
@@ -377,8 +512,17 @@ class TrainRegionsParams(StrictModel):
         return scales
     model: ModelParams = Field(default_factory=lambda: ModelParams(
         arch="unet", encoder="tu-tf_efficientnet_lite0", encoder_weights="lite0-imagenet", freeze_encoder=True))
-    device: str = "auto"
+    device: Device = "auto"
     amp: bool = True
+
+    def region_settings(self, seed: int, info: dict | None = None) -> RegionSettings:
+        """The inference settings; ``info`` (the trained model's info.json) gives the discriminative
+        bandwidth, its delta_d."""
+        extra = {"embedding_bandwidth": float(info["delta_d"])} if info and "delta_d" in info else {}
+        return RegionSettings(max_regions=self.max_regions, min_area_fraction=self.min_area_fraction,
+                              bandwidth_degrees=self.bandwidth_degrees, clustering=self.clustering,
+                              scales=tuple(self.scales), max_points=self.max_points, seed=seed,
+                              crf=self.crf_kernels.settings(self.crf_iterations), **extra)
 
 
 class GateParams(StrictModel):
@@ -434,6 +578,57 @@ class EvaluateParams(StrictModel):
     semantic_flip: bool = False
     batch_size: PositiveInt = 32
     grid_samples: Annotated[int, Field(ge=1, le=32)] = 6
+
+
+# --- web -------------------------------------------------------------------------------------------------
+
+class WebClassSource(StrictModel):
+    """Where the images of one class come from (:class:`lofiseg.data.web.WebSource`).
+
+    ``path``: the local folder, ``s3://bucket/prefix``, or the URL manifest (a text file with one URL per
+    line, or a CSV with a ``url`` column; lines starting with ``#`` are comments). None for ``synthetic``.
+    """
+
+    kind: Literal["synthetic", "local", "s3", "urls"]
+    path: Annotated[str, Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _path_for_kind(self) -> WebClassSource:
+        if self.kind == "synthetic":
+            if self.path is not None:
+                raise ValueError(f"kind 'synthetic' takes no 'path' (its images come from the synthetic web "
+                                 f"data set), got path={self.path!r}")
+            return self
+        if self.path is None:
+            what = {"local": "a folder", "s3": "s3://bucket/prefix", "urls": "a URL manifest file"}[self.kind]
+            raise ValueError(f"kind {self.kind!r} needs 'path' ({what})")
+        if self.kind == "s3" and (not self.path.startswith("s3://") or not urlsplit(self.path).netloc):
+            raise ValueError(f"kind 's3': path must be s3://bucket/prefix, got {self.path!r}")
+        if self.kind in ("local", "urls") and "://" in self.path:
+            raise ValueError(f"kind {self.kind!r}: path must be a local file system path, got {self.path!r}")
+        return self
+
+
+class WebParams(StrictModel):
+    """The ``web:`` section: one source per class, plus download and filter settings
+    (:class:`lofiseg.data.web.WebOptions`, what :func:`lofiseg.data.web.collect_web_images` reads)."""
+
+    classes: Annotated[dict[str, WebClassSource], Field(min_length=1)]
+    workers: Annotated[int, Field(ge=1, le=64)] = 8  # concurrent downloads
+    retries: Annotated[int, Field(ge=0, le=20)] = 3  # more attempts after a transient failure
+    backoff_seconds: Annotated[float, Field(ge=0.0)] = 0.5  # before retry k (1, 2, ...): backoff * 2**(k-1)
+    timeout_seconds: Annotated[float, Field(gt=0.0)] = 10.0  # connect, and each read
+    min_side: Annotated[int, Field(ge=1)] = 32  # both image sides must be at least this many pixels
+    max_images_per_class: Annotated[int, Field(ge=1)] | None = None  # first N accepted, in source order
+    val_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # of each class's train images, by sha256
+
+    @field_validator("classes")
+    @classmethod
+    def _class_names(cls, value: dict[str, WebClassSource]) -> dict[str, WebClassSource]:
+        for name in value:
+            if not CLASS_NAME.match(name):
+                raise ValueError(f"class name {name!r} must match {CLASS_NAME.pattern}")
+        return value
 
 
 def _default_web() -> WebParams:

@@ -28,7 +28,7 @@ from lofiseg.config import Params, load_params
 from lofiseg.data.format import Dataset, Record, read_mask
 from lofiseg.data.layouts import ALT_MASKS_FIELD
 from lofiseg.data.loading import load_split
-from lofiseg.infer.regions import RegionEvaluator, inference_settings, resize_labels, segment_images
+from lofiseg.infer.regions import RegionEvaluator, resize_labels, segment_images
 from lofiseg.models.bundle import load_bundle
 from lofiseg.track.tracking import Tracker, standard_tags
 from lofiseg.viz.figures import markdown_table
@@ -50,7 +50,7 @@ def evaluate_set(model, info: dict, method: str, dataset: Dataset, params: Param
     if not records:
         raise ValueError(f"{dataset.root}: evaluate.regions_sets {name!r} has no test split")
     split = load_split(dataset, records, info["image_size"], with_masks=False, desc=f"load {name}")
-    settings = inference_settings(params.train_regions, params.seed, info)
+    settings = params.train_regions.region_settings(params.seed, info)
     labels = segment_images(model, method, split.images, settings, batch_size, desc=f"{method} on {name}")
     evaluator = RegionEvaluator()
     resized = []

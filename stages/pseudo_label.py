@@ -23,7 +23,6 @@ from lofiseg.config import load_params
 from lofiseg.data.format import IGNORE, Dataset, DatasetFormatError, DatasetWriter
 from lofiseg.data.labels import class_names_json
 from lofiseg.data.loading import load_split
-from lofiseg.infer.dense_crf import CRFParams
 from lofiseg.infer.predict import predict_probs
 from lofiseg.infer.pseudo_labels import pseudo_label
 from lofiseg.models.bundle import load_bundle
@@ -63,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                          f"channel 0|1, got {model.num_classes} classes, info {info}")
     device = resolve_device("auto")
     model.to(device)
-    crf = CRFParams(iterations=cfg.crf_iterations) if cfg.crf else None
+    crf = cfg.crf_settings()
 
     data = Dataset(args.data)
     records = [r for r in data if args.class_name in r.tags and r.split in cfg.splits]

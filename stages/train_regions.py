@@ -29,7 +29,7 @@ import torch
 from lofiseg.config import Params, TrainRegionsParams, load_params
 from lofiseg.data.format import Dataset
 from lofiseg.data.loading import TensorSplit, load_split, random_flip
-from lofiseg.infer.regions import RegionEvaluator, RegionSettings, inference_settings, segment_images
+from lofiseg.infer.regions import RegionEvaluator, RegionSettings, segment_images
 from lofiseg.losses import CASLoss, CrossEntropyLoss
 from lofiseg.losses.discriminative import DiscriminativeLoss
 from lofiseg.losses.embedding import ProjectiveLoss
@@ -114,7 +114,7 @@ def train_regions(params: Params, method: str, raw: Path, out: Path, checkpoints
     model = build_model(num_classes=channels, **cfg.model.model_dump())
     step, loss_module = make_step(method, cfg)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-    settings = inference_settings(cfg, params.seed)
+    settings = cfg.region_settings(params.seed)
 
     ckpt_path = checkpoints / f"{method}.pt"
     stamp = fingerprint(cfg.model_dump(), params.seed, method,

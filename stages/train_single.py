@@ -45,8 +45,6 @@ from lofiseg.train.regularized_plan import (
     gt_labels,
     negative_records,
     paired_batches,
-    regularized_loss,
-    regularized_schedule,
     require_class_records,
     training_plan,
     transfer_weights,
@@ -136,10 +134,10 @@ def regularized_job(params: Params, name: str, positives: Callable[[int], Tensor
     """The regularized-loss job: the plan of :func:`lofiseg.train.regularized_plan.training_plan`, the images of each
     epoch's size from ``positives(size)`` (and ``negatives(size)`` in negative epochs)."""
     cfg = params.train_single
-    schedule = regularized_schedule(cfg.schedule, anneal=anneal, negatives=negatives is not None)
+    schedule = cfg.schedule.loss_schedule(anneal=anneal, negatives=negatives is not None)
     ft_epochs = cfg.finetune.epochs if finetune else 0
     plan = training_plan(schedule, cfg.image_size, cfg.finetune.image_size, ft_epochs, negatives is not None)
-    step = RegularizedStep(plan, regularized_loss(cfg.schedule))
+    step = RegularizedStep(plan, cfg.schedule.loss())
     augment = [random_flip] if cfg.flip else []
 
     def make_batches(epoch: int) -> Iterable[dict[str, torch.Tensor]]:

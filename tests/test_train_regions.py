@@ -16,7 +16,7 @@ import yaml
 from lofiseg.config import SyntheticRegions, parse_params
 from lofiseg.data.format import DatasetWriter
 from lofiseg.data.synthetic import generate_regions
-from lofiseg.infer.regions import inference_settings, segment_images
+from lofiseg.infer.regions import segment_images
 from lofiseg.models.bundle import load_bundle
 from lofiseg.models.descriptor_heads import descriptor_model
 from lofiseg.train.loop import load_checkpoint
@@ -175,11 +175,11 @@ def test_params_scales_switch_on_multi_resolution_inference(tracked):
     info = train_regions(params, "projective", root / "raw", root / "models" / "multires", root / "ckpt")
     model, _ = load_bundle(root / "models" / "multires" / "model.pt")
     images = (torch.rand(2, 3, 32, 32) * 255).to(torch.uint8)
-    settings = inference_settings(params.train_regions, params.seed, info)
+    settings = params.train_regions.region_settings(params.seed, info)
     assert settings.scales == (1.0, 2.0)
     labels = segment_images(model, "projective", images, settings, batch_size=2)
     assert [lab.shape for lab in labels] == [(64, 64), (64, 64)]  # the finest level's resolution
-    single = inference_settings(parse_params(params_dict()).train_regions, params.seed, info)
+    single = parse_params(params_dict()).train_regions.region_settings(params.seed, info)
     assert [lab.shape for lab in segment_images(model, "projective", images, single, batch_size=2)] == [(32, 32)] * 2
     with pytest.raises(ValueError, match="strictly increasing"):
         parse_params(params_dict(scales=[2.0, 1.0]))

@@ -28,7 +28,6 @@ from lofiseg.train.regularized_plan import (
     negative_indices,
     negative_records,
     paired_batches,
-    regularized_loss,
     training_plan,
 )
 from stages import train_single
@@ -114,7 +113,7 @@ def test_loss_image_is_imagenet_normalised_and_gt_labels_binarise():
 
 
 def test_regularized_loss_takes_the_volumetric_sizes_from_params():
-    loss = regularized_loss(RegularizedScheduleParams(volumetric_target=0.3, volumetric_min=0.25))
+    loss = RegularizedScheduleParams(volumetric_target=0.3, volumetric_min=0.25).loss()
     logits = torch.zeros(2, 2, 8, 8)
     logits[:, 1] = math.log(0.2 / 0.8)  # foreground probability 0.2 in every pixel of both images
     # Eq. 4: (mean size 0.2 - target 0.3)^2 + lambda_s 5 * mean_i (0.2 - min 0.25)^2 = 0.01 + 5 * 0.0025

@@ -15,13 +15,12 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
+from lofiseg.config import WebClassSource, WebParams
 from lofiseg.data import web
 from lofiseg.data.format import Dataset, DatasetWriter, sha256_bytes
 from lofiseg.data.sources import SourceError
 from lofiseg.data.synthetic import generate_web
 from lofiseg.data.web import (
-    WebClassSource,
-    WebParams,
     WebReport,
     collect_web_images,
     list_local_images,
@@ -370,7 +369,7 @@ def test_synthetic_needs_the_data_set_and_the_tag(synthetic_set: Path, tmp_path:
     params = WebParams(classes={"tree": {"kind": "synthetic"}}, **FAST)
     with pytest.raises(ValueError, match="no image tagged 'tree'.*'leaf', 'none', 'sun'"):
         collect_web_images(params, tmp_path / "out", tmp_path / "cache", synthetic=synthetic_set, progress=False)
-    with pytest.raises(TypeError, match="params must be a WebParams, got dict"):
+    with pytest.raises(TypeError, match=r"params must be the validated web params \(lofiseg.config.WebParams\), got dict"):
         collect_web_images({"classes": {}}, tmp_path / "out", tmp_path / "cache")  # type: ignore[arg-type]
 
 

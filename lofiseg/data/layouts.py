@@ -1,6 +1,6 @@
 """Turn an unpacked public data set into the lofiseg format, per layout kind, and the ``download`` entry point.
 
-Layouts (``DatasetSpec.layout``), all paths relative to the unpacked tree:
+Layouts (``LayoutSpec.layout``, a ``download.datasets`` entry), all paths relative to the unpacked tree:
 
 ``lofiseg``  a data set already in the format (``manifest.csv`` at the root or in one sub-folder): copied,
              with its tags, extra columns and side files.
@@ -36,7 +36,7 @@ import math
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Protocol
@@ -45,7 +45,6 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from lofiseg.atomic import atomic_dir
-from lofiseg.config import DatasetSpec
 from lofiseg.data.archives import archive_kind, extract_into
 from lofiseg.data.format import (
     MANIFEST,
@@ -85,6 +84,26 @@ class LayoutItem:
     alt_masks: tuple[np.ndarray, ...] = ()  # further human segmentations (BSDS)
     tags: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
+
+
+class SourceFile(Protocol):
+    """One file of a data set: a local path, http(s):// URL or s3://bucket/key, and its pinned sha256."""
+
+    uri: str
+    sha256: str | None
+
+
+class LayoutSpec(Protocol):
+    """What the layouts read of one ``download.datasets`` entry (validated by ``lofiseg.config.DatasetSpec``)."""
+
+    source: str  # synthetic | local | http | s3
+    files: Sequence[SourceFile]
+    layout: str
+    images: str | None  # glob of the images (sod, lofiseg)
+    masks: str | None  # pattern of an image's mask, "{stem}" = the image's file stem
+    split: str | None  # every sample goes to this split ...
+    split_files: Mapping[str, str]  # ... or id lists per split
+    val_fraction: float  # of train, carved deterministically
 
 
 MaskLoader = Callable[[Path], list[np.ndarray]]  # mask file -> [mask, alternative masks...]
@@ -209,13 +228,13 @@ def _listed_splits(tree: Path, lists: dict[str, Path]) -> dict[str, str]:
     return {sample_id: split for sample_id, (split, _) in where.items()}
 
 
-def _spec_lists(tree: Path, spec: DatasetSpec) -> dict[str, Path]:
+def _spec_lists(tree: Path, spec: LayoutSpec) -> dict[str, Path]:
     return {split: tree / _relative_pattern(rel, f"split_files.{split}") for split, rel in spec.split_files.items()}
 
 
 # --- one function per layout ------------------------------------------------------------------------------
 
-def _sod_entries(tree: Path, spec: DatasetSpec) -> _Plan:
+def _sod_entries(tree: Path, spec: LayoutSpec) -> _Plan:
     if not spec.images or not spec.masks:
         raise LayoutError("layout 'sod' needs 'images' (a glob, e.g. 'images/*.jpg') and 'masks' (a pattern "
                           f"with {{stem}}, e.g. 'masks/{{stem}}.png'); got images={spec.images!r}, "
@@ -243,7 +262,7 @@ def _mask_for(tree: Path, masks: str, image: Path) -> Path:
     return found[0] if found else tree / pattern
 
 
-def _own_splits(tree: Path, spec: DatasetSpec, root: Path, default_lists: dict[str, Path],
+def _own_splits(tree: Path, spec: LayoutSpec, root: Path, default_lists: dict[str, Path],
                 fallback: Iterable[Path]) -> dict[str, str | None]:
     """Ids and their split: the spec's id lists, else the layout's own lists that exist, else every file of
     ``fallback`` with no split of its own."""
@@ -255,7 +274,7 @@ def _own_splits(tree: Path, spec: DatasetSpec, root: Path, default_lists: dict[s
     return {p.stem: None for p in fallback if _visible(p)}
 
 
-def _voc_entries(tree: Path, spec: DatasetSpec) -> _Plan:
+def _voc_entries(tree: Path, spec: LayoutSpec) -> _Plan:
     root = _find_root(tree, ("JPEGImages", "SegmentationClass"), "voc")
     default_lists = {s: root / "ImageSets" / "Segmentation" / f"{s}.txt" for s in ("train", "val")}
     own = _own_splits(tree, spec, root, default_lists, (root / "SegmentationClass").glob("*.png"))
@@ -264,7 +283,7 @@ def _voc_entries(tree: Path, spec: DatasetSpec) -> _Plan:
     return _Plan([(e, "") for e in entries])
 
 
-def _pet_entries(tree: Path, spec: DatasetSpec) -> _Plan:
+def _pet_entries(tree: Path, spec: LayoutSpec) -> _Plan:
     root = _find_root(tree, ("images", "annotations/trimaps"), "pet")
     default_lists = {"train": root / "annotations" / "trainval.txt", "test": root / "annotations" / "test.txt"}
     own = _own_splits(tree, spec, root, default_lists, (root / "images").glob("*.jpg"))
@@ -273,7 +292,7 @@ def _pet_entries(tree: Path, spec: DatasetSpec) -> _Plan:
     return _Plan([(e, "") for e in entries])
 
 
-def _bsds_entries(tree: Path, spec: DatasetSpec) -> _Plan:
+def _bsds_entries(tree: Path, spec: LayoutSpec) -> _Plan:
     # BSR_bsds500.tgz also holds bench/data/{images,groundTruth} (demo files, no split folders): skip it.
     root = _find_root(tree, ("images", "groundTruth"), "bsds",
                       accept=lambda d: any((d / "images" / s).is_dir() for s in SPLITS))
@@ -286,7 +305,7 @@ def _bsds_entries(tree: Path, spec: DatasetSpec) -> _Plan:
     return _Plan([(e, "") for e in entries], extra_fields=(ALT_MASKS_FIELD,))
 
 
-def _lofiseg_entries(tree: Path, spec: DatasetSpec) -> _Plan:
+def _lofiseg_entries(tree: Path, spec: LayoutSpec) -> _Plan:
     root = tree
     if not (tree / MANIFEST).is_file():
         candidates = sorted(p.parent for p in tree.glob(f"*/{MANIFEST}"))
@@ -305,7 +324,7 @@ def _lofiseg_entries(tree: Path, spec: DatasetSpec) -> _Plan:
     return _Plan([(e, "") for e in entries], extra_fields=dataset.extra_fields, side_files=side)
 
 
-_LAYOUTS: dict[str, Callable[[Path, DatasetSpec], _Plan]] = {
+_LAYOUTS: dict[str, Callable[[Path, LayoutSpec], _Plan]] = {
     "sod": _sod_entries, "voc": _voc_entries, "pet": _pet_entries, "bsds": _bsds_entries,
     "lofiseg": _lofiseg_entries,
 }
@@ -326,7 +345,7 @@ def carve_val(train_ids: Sequence[str], val_fraction: float) -> set[str]:
     return set(ordered[:n_val])
 
 
-def _assign_splits(tree: Path, spec: DatasetSpec, plan: _Plan) -> None:
+def _assign_splits(tree: Path, spec: LayoutSpec, plan: _Plan) -> None:
     entries = [e for e, _ in plan.entries]
     if spec.split is not None:
         chosen = {e.id: spec.split for e in entries}
@@ -356,7 +375,7 @@ def _check_unique(plan: _Plan) -> None:
         seen[entry.id] = entry.image
 
 
-def _plan(tree: Path, spec: DatasetSpec) -> _Plan:
+def _plan(tree: Path, spec: LayoutSpec) -> _Plan:
     if spec.layout not in _LAYOUTS:
         raise ValueError(f"layout must be one of {sorted(_LAYOUTS)}, got {spec.layout!r}")
     tree = Path(tree)
@@ -403,7 +422,7 @@ def _load_item(entry: _Entry, split: str) -> LayoutItem:
                       tags=entry.tags, extra=dict(entry.extra))
 
 
-def iter_layout(tree: str | os.PathLike, spec: DatasetSpec) -> Iterator[LayoutItem]:
+def iter_layout(tree: str | os.PathLike, spec: LayoutSpec) -> Iterator[LayoutItem]:
     """The samples of an unpacked tree per ``spec.layout``, with final splits, sorted by id.
 
     File discovery and split assignment happen before the first item; masks are read one item at a time.
@@ -480,7 +499,7 @@ def _merge_folder(folder: Path, into: Path) -> None:
             _copy_new(path, into / path.relative_to(folder))
 
 
-def _check_files(name: str, spec: DatasetSpec) -> None:
+def _check_files(name: str, spec: LayoutSpec) -> None:
     if spec.source == "synthetic":
         raise ValueError(f"data set {name!r}: source 'synthetic' is generated by the download stage, "
                          "not fetched; build_dataset takes local, http or s3 sources")
@@ -495,7 +514,7 @@ def _check_files(name: str, spec: DatasetSpec) -> None:
         names[base] = f.uri
 
 
-def build_dataset(name: str, spec: DatasetSpec, out_dir: str | os.PathLike, cache_dir: str | os.PathLike,
+def build_dataset(name: str, spec: LayoutSpec, out_dir: str | os.PathLike, cache_dir: str | os.PathLike,
                   download: FetchOptions, *, progress: bool = True) -> Path:
     """Fetch every file of ``spec`` into ``cache_dir/<name>``, unpack, walk the layout, write ``out_dir``.
 

@@ -1,6 +1,6 @@
 """Per-class web image sets: collect image-level-tagged training images from several kinds of source.
 
-Each class of :class:`WebParams` names one source: the synthetic per-class web set (the default data), a
+Each class of the ``web`` params (:class:`WebOptions`) names one source: the synthetic per-class web set (the default data), a
 local folder, an S3 prefix, or a manifest of image URLs (e.g. an exported web image search). The images that
 pass every check form ONE lofiseg data set, each tagged with its class name: the training data of the
 regularized-loss weak supervision from image-level tags (web images per class, Veksler's Sec. 4.3).
@@ -26,20 +26,18 @@ import json
 import logging
 import math
 import os
-import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image
-from pydantic import Field, field_validator, model_validator
 from tqdm import tqdm
 
 from lofiseg.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -52,11 +50,9 @@ from lofiseg.data.sources import (
     SourceError,
     _s3_endpoint_description,
 )
-from lofiseg.schema import StrictModel
 
 log = logging.getLogger(__name__)
 
-CLASS_NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 INDEX_NAME = "index.json"
 MAX_IMAGE_BYTES = 64 << 20  # a larger answer is no web image: rejected without reading it all
@@ -67,54 +63,31 @@ _sleep: Callable[[float], None] = time.sleep  # indirection so tests can record 
 T = TypeVar("T")
 
 
-# --- params -----------------------------------------------------------------------------------------------
+# --- settings -----------------------------------------------------------------------------------------------
 
-class WebClassSource(StrictModel):
-    """Where the images of one class come from.
+class WebSource(Protocol):
+    """Where the images of one class come from (validated by ``lofiseg.config.WebClassSource``).
 
-    ``path``: the local folder, ``s3://bucket/prefix``, or the URL manifest (a text file with one URL per
-    line, or a CSV with a ``url`` column; lines starting with ``#`` are comments). None for ``synthetic``.
+    ``kind``: synthetic, local, s3 or urls. ``path``: the local folder, ``s3://bucket/prefix``, or the URL
+    manifest (a text file with one URL per line, or a CSV with a ``url`` column; lines starting with ``#``
+    are comments). None for ``synthetic``.
     """
 
-    kind: Literal["synthetic", "local", "s3", "urls"]
-    path: Annotated[str, Field(min_length=1)] | None = None
-
-    @model_validator(mode="after")
-    def _path_for_kind(self) -> WebClassSource:
-        if self.kind == "synthetic":
-            if self.path is not None:
-                raise ValueError(f"kind 'synthetic' takes no 'path' (its images come from the synthetic web "
-                                 f"data set), got path={self.path!r}")
-            return self
-        if self.path is None:
-            what = {"local": "a folder", "s3": "s3://bucket/prefix", "urls": "a URL manifest file"}[self.kind]
-            raise ValueError(f"kind {self.kind!r} needs 'path' ({what})")
-        if self.kind == "s3" and (not self.path.startswith("s3://") or not urlsplit(self.path).netloc):
-            raise ValueError(f"kind 's3': path must be s3://bucket/prefix, got {self.path!r}")
-        if self.kind in ("local", "urls") and "://" in self.path:
-            raise ValueError(f"kind {self.kind!r}: path must be a local file system path, got {self.path!r}")
-        return self
+    kind: str
+    path: str | None
 
 
-class WebParams(StrictModel):
-    """The ``web:`` section of params.yaml: one source per class, plus download and filter settings."""
+class WebOptions(Protocol):
+    """What :func:`collect_web_images` reads: params ``web``, validated by ``lofiseg.config.WebParams``."""
 
-    classes: Annotated[dict[str, WebClassSource], Field(min_length=1)]
-    workers: Annotated[int, Field(ge=1, le=64)] = 8  # concurrent downloads
-    retries: Annotated[int, Field(ge=0, le=20)] = 3  # more attempts after a transient failure
-    backoff_seconds: Annotated[float, Field(ge=0.0)] = 0.5  # before retry k (1, 2, ...): backoff * 2**(k-1)
-    timeout_seconds: Annotated[float, Field(gt=0.0)] = 10.0  # connect, and each read
-    min_side: Annotated[int, Field(ge=1)] = 32  # both image sides must be at least this many pixels
-    max_images_per_class: Annotated[int, Field(ge=1)] | None = None  # first N accepted, in source order
-    val_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # of each class's train images, by sha256
-
-    @field_validator("classes")
-    @classmethod
-    def _class_names(cls, value: dict[str, WebClassSource]) -> dict[str, WebClassSource]:
-        for name in value:
-            if not re.match(CLASS_NAME_PATTERN, name):
-                raise ValueError(f"class name {name!r} must match {CLASS_NAME_PATTERN}")
-        return value
+    classes: Mapping[str, WebSource]  # in params order: the first occurrence of a duplicate wins
+    workers: int  # concurrent downloads
+    retries: int  # more attempts after a transient failure
+    backoff_seconds: float  # before retry k (1, 2, ...): backoff * 2**(k-1)
+    timeout_seconds: float  # connect, and each read
+    min_side: int  # both image sides must be at least this many pixels
+    max_images_per_class: int | None  # first N accepted, in source order
+    val_fraction: float  # of each class's train images, by sha256
 
 
 # --- report -----------------------------------------------------------------------------------------------
@@ -470,7 +443,7 @@ class _Sessions:
 
 
 class _Collector:
-    def __init__(self, params: WebParams, cache: Path, synthetic: Path | None, s3_endpoint_url: str | None,
+    def __init__(self, params: WebOptions, cache: Path, synthetic: Path | None, s3_endpoint_url: str | None,
                  progress: bool, pool: ThreadPoolExecutor):
         self.params, self.cache, self.synthetic_root = params, cache, synthetic
         self.s3_endpoint_url, self.progress, self.pool = s3_endpoint_url, progress, pool
@@ -493,7 +466,7 @@ class _Collector:
     def endpoint(self) -> str:
         return _s3_endpoint_description(self.s3_endpoint_url)
 
-    def _candidates(self, name: str, source: WebClassSource) -> list[_Candidate]:
+    def _candidates(self, name: str, source: WebSource) -> list[_Candidate]:
         assert source.path is not None
         if source.kind == "urls":
             return [_Candidate(url) for url in read_url_manifest(source.path)]
@@ -593,7 +566,7 @@ class _Collector:
         return _Item(f"{name}-{outcome.sha256[:16]}", name, candidate.source, path, outcome.sha256,
                      outcome.ext, tags=(name,))
 
-    def collect_class(self, name: str, source: WebClassSource) -> list[_Item]:
+    def collect_class(self, name: str, source: WebSource) -> list[_Item]:
         if source.kind == "synthetic":
             return self._synthetic_items(name)
         candidates = self._candidates(name, source)
@@ -670,7 +643,7 @@ def _write_dataset(out: Path, items: list[_Item], val_ids: set[str]) -> None:
             writer.add_encoded(item.id, data, ext, mask, split=split, tags=item.tags, source=item.source)
 
 
-def collect_web_images(params: WebParams, out: str | os.PathLike, cache: str | os.PathLike,
+def collect_web_images(params: WebOptions, out: str | os.PathLike, cache: str | os.PathLike,
                        synthetic: str | os.PathLike | None = None, s3_endpoint_url: str | None = None,
                        progress: bool = True) -> WebReport:
     """Build the per-class web data set at ``out`` (atomically) and return the report of what was kept.
@@ -681,8 +654,9 @@ def collect_web_images(params: WebParams, out: str | os.PathLike, cache: str | o
     the class in the data set at ``synthetic``, every split, copied byte for byte with their masks, ids and
     tags. ``s3_endpoint_url`` overrides ``AWS_ENDPOINT_URL_S3``. See the module docstring for the checks.
     """
-    if not isinstance(params, WebParams):
-        raise TypeError(f"params must be a WebParams, got {type(params).__name__}")
+    if isinstance(params, Mapping):
+        raise TypeError(f"params must be the validated web params (lofiseg.config.WebParams), "
+                        f"got {type(params).__name__}")
     out, cache = Path(out), Path(cache)
     synthetic_root = Path(synthetic) if synthetic is not None else None
     with ThreadPoolExecutor(max_workers=params.workers, thread_name_prefix="web") as pool:

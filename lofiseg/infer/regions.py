@@ -25,7 +25,7 @@ import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -41,15 +41,13 @@ from lofiseg.metrics.bsds import RegionMeter
 from lofiseg.metrics.segment_matching import AgnosticMeter
 from lofiseg.models.descriptor_heads import descriptor_kind, descriptor_model
 
-if TYPE_CHECKING:
-    from lofiseg.config import TrainRegionsParams
-
 METRIC_KEYS = ("covering", "rand_index", "vi", "boundary_f", "recall50", "miou_matched", "boundary_iou")
 
 
 @dataclass(frozen=True)
 class RegionSettings:
-    """Inference settings shared by every method (params ``train_regions``), see the module docstring."""
+    """Inference settings shared by every method, see the module docstring; the defaults are the params
+    schema's (``train_regions``), ``embedding_bandwidth`` comes from the trained model (its delta_d)."""
 
     max_regions: int = 20
     min_area_fraction: float = 0.02
@@ -185,10 +183,3 @@ class RegionEvaluator:
             "boundary_iou": segments["boundary_iou"],
         }
         return {k: (float(v) if math.isfinite(v) else float("nan")) for k, v in scores.items()}
-
-
-def inference_settings(cfg: TrainRegionsParams, seed: int, info: dict | None = None) -> RegionSettings:
-    """The params' inference settings; the discriminative bandwidth is the trained model's delta_d."""
-    extra = {"embedding_bandwidth": float(info["delta_d"])} if info and "delta_d" in info else {}
-    return RegionSettings(max_regions=cfg.max_regions, min_area_fraction=cfg.min_area_fraction,
-                          bandwidth_degrees=cfg.bandwidth_degrees, scales=tuple(cfg.scales), seed=seed, **extra)

@@ -32,7 +32,17 @@ from torch import Tensor, nn
 from lofiseg.losses.ce import at_least_float32, check_logits, zero_loss
 
 FOREGROUND_CHANNEL = 1
-DEFAULT_SIGMA = 0.15
+# The paper's constants, the one source of every default below (and of the params schema's defaults).
+DEFAULT_SIGMA = 0.15  # Eq. 2 colour scale of the normal stage (Sec. 3.4)
+LAMBDA_REG = 100.0  # Eq. 6 weights of the normal stage (Sec. 3.4)
+LAMBDA_V = 1.0
+LAMBDA_P = 1.0
+LAMBDA_NEG = 2.0  # Eq. 7 (Sec. 3.4)
+VOLUMETRIC_TARGET = 0.5  # Eq. 4: mean object size per batch
+VOLUMETRIC_MIN = 0.15  # Eq. 4: each object at least this size ...
+LAMBDA_S = 5.0  # ... with this weight
+BORDER_WIDTH = 3  # Eq. 5: w, the border strip
+CENTER_SIZE = 3  # Eq. 5: c, the centre box
 Reduction = Literal["mean", "none"]
 
 
@@ -122,9 +132,9 @@ def sparse_crf_loss(
 
 def volumetric_loss(
     logits: Tensor,
-    target_fraction: float = 0.5,
-    min_fraction: float = 0.15,
-    lambda_s: float = 5.0,
+    target_fraction: float = VOLUMETRIC_TARGET,
+    min_fraction: float = VOLUMETRIC_MIN,
+    lambda_s: float = LAMBDA_S,
     min_size_reduction: Literal["mean", "sum"] = "mean",
 ) -> Tensor:
     """Volumetric loss (Eq. 4) of a batch, with ``x_bar_i`` the mean foreground probability of image i:
@@ -144,7 +154,7 @@ def volumetric_loss(
 
 
 def positional_loss(
-    logits: Tensor, border_width: int = 3, center_size: int = 3, reduction: Reduction = "mean"
+    logits: Tensor, border_width: int = BORDER_WIDTH, center_size: int = CENTER_SIZE, reduction: Reduction = "mean"
 ) -> Tensor:
     """Positional loss (Eq. 5) per image: ``(mean_{p in B} x_p)^2 + (mean_{p in C} x_p - 1)^2``.
 
@@ -169,7 +179,7 @@ def positional_loss(
     return _reduce(border_mean.square() + (center_mean - 1.0).square(), reduction)
 
 
-def negative_loss(logits: Tensor, lambda_neg: float = 2.0, reduction: Reduction = "mean") -> Tensor:
+def negative_loss(logits: Tensor, lambda_neg: float = LAMBDA_NEG, reduction: Reduction = "mean") -> Tensor:
     """Negative loss (Eq. 7, without the printed ``- 1``): ``lambda_neg * (mean_p x_p)^2`` per image."""
     sizes = foreground_probability(logits).mean((1, 2))
     return _reduce(lambda_neg * sizes.square(), reduction)
@@ -191,15 +201,15 @@ def complete_regularized_terms(
     negative: Tensor | None = None,
     *,
     sigma: float = DEFAULT_SIGMA,
-    lambda_reg: float = 100.0,
-    lambda_v: float = 1.0,
-    lambda_p: float = 1.0,
-    lambda_neg: float = 2.0,
-    lambda_s: float = 5.0,
-    target_fraction: float = 0.5,
-    min_fraction: float = 0.15,
-    border_width: int = 3,
-    center_size: int = 3,
+    lambda_reg: float = LAMBDA_REG,
+    lambda_v: float = LAMBDA_V,
+    lambda_p: float = LAMBDA_P,
+    lambda_neg: float = LAMBDA_NEG,
+    lambda_s: float = LAMBDA_S,
+    target_fraction: float = VOLUMETRIC_TARGET,
+    min_fraction: float = VOLUMETRIC_MIN,
+    border_width: int = BORDER_WIDTH,
+    center_size: int = CENTER_SIZE,
     min_size_reduction: Literal["mean", "sum"] = "mean",
 ) -> RegularizedLossTerms:
     """Complete loss (Eq. 6) ``lambda_reg L_reg + lambda_v L_v + lambda_p L_p``, with its terms.
@@ -266,18 +276,21 @@ class RegularizedLossSchedule:
     Epochs are 0-based: epochs ``0 .. annealing_epochs - 1`` anneal (step ``i = epoch + 1`` of Eq. 8).
     ``sigma_rule="code"`` spaces sigma evenly from ``sigma_start`` to ``sigma_end`` inclusive (author's code);
     ``"paper"`` uses Eq. 8 as printed, ``sigma_start + (i / n) (sigma_end - sigma_start)``.
+
+    Defaults are the paper's: 15 annealing and 50 normal epochs (Sec. 4.1); the negative stage (200 more
+    epochs with Eq. 7 in Sec. 3.4) is off unless asked for.
     """
 
     annealing_epochs: int = 15
     normal_epochs: int = 50
     negative_epochs: int = 0
     sigma_start: float = 0.05
-    sigma_end: float = 0.15
+    sigma_end: float = DEFAULT_SIGMA
     annealing_lambda_reg: float = 1.0
-    normal_lambda_reg: float = 100.0
-    lambda_v: float = 1.0
-    lambda_p: float = 1.0
-    lambda_neg: float = 2.0
+    normal_lambda_reg: float = LAMBDA_REG
+    lambda_v: float = LAMBDA_V
+    lambda_p: float = LAMBDA_P
+    lambda_neg: float = LAMBDA_NEG
     sigma_rule: Literal["code", "paper"] = "code"
 
     def __post_init__(self) -> None:
@@ -358,9 +371,9 @@ class VolumetricLoss(nn.Module):
 
     def __init__(
         self,
-        target_fraction: float = 0.5,
-        min_fraction: float = 0.15,
-        lambda_s: float = 5.0,
+        target_fraction: float = VOLUMETRIC_TARGET,
+        min_fraction: float = VOLUMETRIC_MIN,
+        lambda_s: float = LAMBDA_S,
         min_size_reduction: Literal["mean", "sum"] = "mean",
     ) -> None:
         super().__init__()
@@ -380,7 +393,7 @@ class VolumetricLoss(nn.Module):
 class PositionalLoss(nn.Module):
     """Module form of :func:`positional_loss`: ``loss(logits)``."""
 
-    def __init__(self, border_width: int = 3, center_size: int = 3, reduction: Reduction = "mean") -> None:
+    def __init__(self, border_width: int = BORDER_WIDTH, center_size: int = CENTER_SIZE, reduction: Reduction = "mean") -> None:
         super().__init__()
         _check_reduction(reduction)
         self.border_width = border_width
@@ -394,7 +407,7 @@ class PositionalLoss(nn.Module):
 class NegativeLoss(nn.Module):
     """Module form of :func:`negative_loss`: ``loss(logits)`` on negative images."""
 
-    def __init__(self, lambda_neg: float = 2.0, reduction: Reduction = "mean") -> None:
+    def __init__(self, lambda_neg: float = LAMBDA_NEG, reduction: Reduction = "mean") -> None:
         super().__init__()
         _check_reduction(reduction)
         self.lambda_neg = lambda_neg
@@ -414,15 +427,15 @@ class CompleteRegularizedLoss(nn.Module):
     def __init__(
         self,
         sigma: float = DEFAULT_SIGMA,
-        lambda_reg: float = 100.0,
-        lambda_v: float = 1.0,
-        lambda_p: float = 1.0,
-        lambda_neg: float = 2.0,
-        lambda_s: float = 5.0,
-        target_fraction: float = 0.5,
-        min_fraction: float = 0.15,
-        border_width: int = 3,
-        center_size: int = 3,
+        lambda_reg: float = LAMBDA_REG,
+        lambda_v: float = LAMBDA_V,
+        lambda_p: float = LAMBDA_P,
+        lambda_neg: float = LAMBDA_NEG,
+        lambda_s: float = LAMBDA_S,
+        target_fraction: float = VOLUMETRIC_TARGET,
+        min_fraction: float = VOLUMETRIC_MIN,
+        border_width: int = BORDER_WIDTH,
+        center_size: int = CENTER_SIZE,
         min_size_reduction: Literal["mean", "sum"] = "mean",
     ) -> None:
         super().__init__()

@@ -24,14 +24,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lofiseg.config import RegularizedScheduleParams
 from lofiseg.data.format import IGNORE, Dataset, DatasetFormatError, Record
 from lofiseg.data.loading import Augment, TensorSplit, iterate_batches, to_float
 from lofiseg.losses.regularized import CompleteRegularizedLoss, RegularizedLossSchedule, StageParams
 from lofiseg.models.factory import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel
 
 TERMS = ("sparse_crf", "volumetric", "positional", "negative")
-VOLUMETRIC_KEYS = ("volumetric_target", "volumetric_min")  # loss constants, not per-epoch schedule
 ARCH_KEYS = ("arch", "num_classes", "encoder", "width", "encoder_depth", "normalize_input")
 
 
@@ -133,23 +131,6 @@ class EpochPlan:
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self.stage), "image_size": self.image_size, "negatives": self.negatives,
                 "phase": self.phase}
-
-
-def regularized_schedule(cfg: RegularizedScheduleParams, *, anneal: bool = True,
-                         negatives: bool = True) -> RegularizedLossSchedule:
-    """The schedule of ``cfg``; ``anneal=False`` (weights transferred) drops the annealing stage and
-    ``negatives=False`` (no negative images) drops the negative stage."""
-    values = cfg.model_dump(exclude=set(VOLUMETRIC_KEYS))
-    if not anneal:
-        values["annealing_epochs"] = 0
-    if not negatives:
-        values["negative_epochs"] = 0
-    return RegularizedLossSchedule(**values)
-
-
-def regularized_loss(cfg: RegularizedScheduleParams) -> CompleteRegularizedLoss:
-    """Eq. 6 (+ Eq. 7) with the volumetric sizes of ``cfg`` (Eq. 4: batch mean target, per-image minimum)."""
-    return CompleteRegularizedLoss(target_fraction=cfg.volumetric_target, min_fraction=cfg.volumetric_min)
 
 
 def training_plan(schedule: RegularizedLossSchedule, image_size: int, finetune_size: int | None = None,
