@@ -450,8 +450,7 @@ class MosaicParams(StrictModel):
 class TrainDeeplabParams(StrictModel):
     """``train_deeplab@pseudo`` (union of pseudo ground truth) and ``train_deeplab@gt`` (the upper bound).
 
-    The paper's setting: model {arch: deeplabv3_resnet101, encoder_weights: imagenet}, image_size 513,
-    lr 0.001, epochs 100, batch_size 10.
+    The paper's setting is the "paper setting" comment above ``train_deeplab`` in params.yaml.
     """
 
     gt_dataset: str = "scenes"  # the upper bound's training data: a semantic data set with train/val splits
