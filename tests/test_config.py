@@ -3,11 +3,29 @@
 from __future__ import annotations
 
 import copy
+import itertools
+import re
+import subprocess
+import sys
+import textwrap
 
 import pytest
+import torch
 import yaml
 
-from lofiseg.config import ParamsError, load_params, parse_params, rate_key
+from lofiseg.config import (
+    ParamsError,
+    PseudoLabelParams,
+    RegularizedScheduleParams,
+    TrainRegionsParams,
+    load_params,
+    parse_params,
+    rate_key,
+)
+from lofiseg.infer.dense_crf import CRFParams
+from lofiseg.infer.regions import RegionSettings
+from lofiseg.losses.regularized import CompleteRegularizedLoss, RegularizedLossSchedule
+from lofiseg.models.factory import build_model
 
 REPO_PARAMS = yaml.safe_load(open("params.yaml"))
 
@@ -164,3 +182,147 @@ def test_cross_references_of_the_new_sections(changes, message):
 def test_init_from_accepts_a_class_a_data_set_or_a_model_file():
     for value in ("leaf", "saliency", "models/pretrained/model.pt"):
         assert parse_params(_params(train_single__init_from=value)).train_single.init_from == value
+
+
+# --- model settings at the edge ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"train_saliency__model__encoder": "tu-tf_efficientnet_lite9"},
+     r"train_saliency.model.encoder: Value error, arch 'unet' needs an encoder, one of \['mobilenet_v2', "
+     r"'resnext50_32x4d', .*'tu-tf_efficientnet_lite0', 'timm-tf_efficientnet_lite0'\], got 'tu-tf_efficientnet_lite9'"),
+    ({"train_deeplab__model__arch": "deeplabv3_resnet101"},
+     r"train_deeplab.model.encoder: Value error, arch 'deeplabv3_resnet101' has the fixed encoder 'resnet101': "
+     r"encoder must be null or 'resnet101', got 'tu-tf_efficientnet_lite0'"),
+    ({"train_regions__model": {"arch": "tiny_unet", "encoder": "resnet18"}},
+     r"train_regions.model.encoder: Value error, arch 'tiny_unet' has its own encoder: encoder must be null"),
+    ({"train_single__model__encoder_weights": "imagenet1k"},
+     r"train_single.model.encoder_weights: Value error, encoder_weights must be null, imagenet, lite0-imagenet or "
+     r"the path of an existing state-dict file; no such file: 'imagenet1k'"),
+    ({"train_single__model__encoder": "mobilenet_v2"},
+     r"train_single.model.encoder_weights: Value error, encoder_weights 'lite0-imagenet' needs encoder in "
+     r"\['tu-tf_efficientnet_lite0', 'timm-tf_efficientnet_lite0'\], got encoder 'mobilenet_v2'"),
+    ({"train_regions__model": {"arch": "tiny_unet", "encoder_weights": "imagenet"}},
+     r"train_regions.model.encoder_weights: Value error, arch 'tiny_unet' has no pretrained weights"),
+    ({"train_deeplab__device": "gpu"},
+     r"train_deeplab.device: Value error, device must be auto, cpu, cuda or cuda:N \(N = 0, 1, ...\), got 'gpu'"),
+    ({"train_saliency__device": "cuda:x"}, r"train_saliency.device: Value error, device must be auto, cpu, cuda"),
+])
+def test_model_settings_are_checked_at_the_edge(changes, message):
+    with pytest.raises(ParamsError, match=message):
+        parse_params(_params(**changes))
+
+
+def test_model_settings_accept_what_build_model_accepts(tmp_path):
+    state = tmp_path / "encoder.pt"
+    state.write_bytes(b"")  # only its existence is checked at the edge; build_model reads it
+    for device in ("auto", "cpu", "cuda", "cuda:1"):
+        assert parse_params(_params(train_deeplab__device=device)).train_deeplab.device == device
+    model = {"arch": "deeplabv3_resnet50", "encoder": "resnet50", "encoder_weights": str(state)}
+    assert parse_params(_params(train_deeplab__model=model)).train_deeplab.model.encoder_weights == str(state)
+    tiny = {"arch": "tiny_unet", "encoder": None, "encoder_weights": None}
+    assert parse_params(_params(train_regions__model=tiny)).train_regions.model.arch == "tiny_unet"
+
+
+def test_a_model_typo_stops_the_stage_before_any_work_with_exit_2(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(_params(train_saliency__model__encoder="resnet19")))
+    proc = subprocess.run([sys.executable, "-m", "stages.train_saliency", "--params", str(bad), "--loss", "ce",
+                           "--rate", "0.0", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "error: " in proc.stderr and "train_saliency.model.encoder: Value error, arch 'unet' needs an encoder, " \
+        "one of ['mobilenet_v2'" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+# --- one source of defaults: the library's settings objects -----------------------------------------------
+
+def test_defaults_come_from_the_library_settings():
+    schedule = RegularizedScheduleParams()
+    assert schedule.loss_schedule() == RegularizedLossSchedule()  # the paper's 15 + 50 epochs, no negative stage
+    assert (schedule.loss_schedule().normal_epochs, schedule.loss_schedule().negative_epochs) == (50, 0)
+    default_loss, loss = CompleteRegularizedLoss(), schedule.loss()
+    assert vars(loss).keys() == vars(default_loss).keys()
+    assert {k: v for k, v in vars(loss).items() if not k.startswith("_")} == \
+        {k: v for k, v in vars(default_loss).items() if not k.startswith("_")}
+    assert TrainRegionsParams().region_settings(seed=0) == RegionSettings()
+    assert PseudoLabelParams().crf_settings() == CRFParams()
+    assert PseudoLabelParams(crf=False).crf_settings() is None
+
+
+def test_repo_params_run_todays_numbers():
+    """params.yaml writes every knob at the value the library used before it was a knob."""
+    params = load_params("params.yaml")
+    assert params.train_regions.region_settings(seed=0) == RegionSettings()
+    assert params.train_regions.region_settings(seed=0, info={"delta_d": 2.0}).embedding_bandwidth == 2.0
+    assert params.pseudo_label.crf_settings() == CRFParams(iterations=5)
+    assert params.train_single.schedule.loss_schedule() == RegularizedLossSchedule(normal_epochs=10, negative_epochs=5)
+    assert params.train_single.schedule.loss_schedule(anneal=False, negatives=False) == RegularizedLossSchedule(
+        annealing_epochs=0, normal_epochs=10, negative_epochs=0)
+    loss = params.train_single.schedule.loss()
+    assert (loss.lambda_s, loss.border_width, loss.center_size, loss.min_size_reduction) == (5.0, 3, 3, "mean")
+
+
+def test_new_knobs_reach_the_settings():
+    changed = parse_params(_params(train_regions__clustering="kmeans", train_regions__max_points=512,
+                                   train_regions__crf_iterations=3,
+                                   train_regions__crf_kernels={"bilateral_sxy": 20.0},
+                                   pseudo_label__crf_kernels={"gaussian_compat": 0.0},
+                                   train_single__schedule__lambda_s=2.5, train_single__schedule__border_width=2,
+                                   train_single__schedule__center_size=4,
+                                   train_single__schedule__min_size_reduction="sum"))
+    regions = changed.train_regions.region_settings(seed=3)
+    assert (regions.clustering, regions.max_points, regions.seed) == ("kmeans", 512, 3)
+    assert regions.crf == CRFParams(iterations=3, bilateral_sxy=20.0)
+    assert changed.pseudo_label.crf_settings() == CRFParams(gaussian_compat=0.0)
+    loss = changed.train_single.schedule.loss()
+    assert (loss.lambda_s, loss.border_width, loss.center_size, loss.min_size_reduction) == (2.5, 2, 4, "sum")
+    with pytest.raises(ParamsError, match=r"train_regions.clustering: Input should be 'argmax' or 'kmeans'"):
+        parse_params(_params(train_regions__clustering="meanshift"))
+    with pytest.raises(ParamsError, match=r"pseudo_label.crf_kernels.bilateral_sxy: Input should be greater than 0"):
+        parse_params(_params(pseudo_label__crf_kernels={"bilateral_sxy": 0.0}))
+
+
+# --- the papers' settings, one edit away ------------------------------------------------------------------
+
+def paper_settings(text: str) -> list[tuple[str, str, dict]]:
+    """(section, label, edit) of every "paper setting" comment of params.yaml: an inline flow mapping
+    (``# paper setting: {...}``) or a YAML block on the following ``#   `` lines; the section is the next
+    top-level key."""
+    lines = text.splitlines()
+    found = []
+    for i, line in enumerate(lines):
+        match = re.match(r"^# paper setting( \((?P<label>[^)]*)\))?:(?P<inline>.*)$", line)
+        if not match:
+            continue
+        body = match["inline"].strip()
+        if not body:
+            block = [item[2:] for item in itertools.takewhile(lambda x: x.startswith("#   "), lines[i + 1:])]
+            body = textwrap.dedent("\n".join(block))
+        section = next(m[1] for item in lines[i + 1:] if (m := re.match(r"^([a-z_]+):\s*$", item)))
+        found.append((section, match["label"] or section, yaml.safe_load(body)))
+    return found
+
+
+PAPER_SETTINGS = paper_settings(open("params.yaml").read())
+
+
+def test_every_documented_paper_setting_is_found():
+    assert [(section, label) for section, label, _ in PAPER_SETTINGS] == [
+        ("train_saliency", "train_saliency"), ("train_saliency", "train_saliency"),
+        ("train_single", "UMobV2"), ("train_single", "UResNext"), ("train_deeplab", "train_deeplab")]
+
+
+@pytest.mark.parametrize(("section", "label", "edit"), PAPER_SETTINGS,
+                         ids=[f"{s}-{e['model']['arch']}-{e['model'].get('encoder')}" for s, _, e in PAPER_SETTINGS])
+def test_paper_setting_validates_and_builds_its_model(section, label, edit):
+    raw = _params()
+    raw[section].update(edit)
+    params = parse_params(raw, f"params.yaml with the paper setting of {section} ({label})")
+    cfg = getattr(params, section)
+    assert {key: getattr(cfg, key) for key in edit if key != "model" and not isinstance(edit[key], dict)} == \
+        {key: value for key, value in edit.items() if key != "model" and not isinstance(value, dict)}
+    model_args = cfg.model.model_dump() | {"encoder_weights": None}  # no download in tests
+    model = build_model(num_classes=2, **model_args).eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 32, 32)).shape == (1, 2, 32, 32)
