@@ -46,8 +46,8 @@ METRIC_KEYS = ("covering", "rand_index", "vi", "boundary_f", "recall50", "miou_m
 
 @dataclass(frozen=True)
 class RegionSettings:
-    """Inference settings shared by every method, see the module docstring; the defaults are the params
-    schema's (``train_regions``), ``embedding_bandwidth`` comes from the trained model (its delta_d)."""
+    """Inference settings shared by every method, see the module docstring. These defaults are the ones of
+    params ``train_regions``; ``embedding_bandwidth`` comes from the trained model (its delta_d)."""
 
     max_regions: int = 20
     min_area_fraction: float = 0.02
