@@ -23,8 +23,10 @@ from typing import Any
 
 from flows.dag import dvc_command
 from lofiseg.config import load_params
+from lofiseg.provenance import git_commit
 from lofiseg.track.comparison import write_report
-from lofiseg.track.tracking import Tracker, experiment_runs, git_commit, runs_by_id
+from lofiseg.track.runs import experiment_runs, runs_by_id
+from lofiseg.track.tracker import Tracker
 from stages.cli import run
 
 WORKSPACE = "workspace"

@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from lofiseg.track.tracking import ORCHESTRATOR_ENV
+from lofiseg.provenance import ORCHESTRATOR_ENV
 
 STAGE_TIMEOUT_S = 6 * 3600  # one stage's command, here or on a worker
 

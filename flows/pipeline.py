@@ -41,7 +41,8 @@ from flows.dag import (
     waves,
 )
 from flows.dispatch import dispatch_stage, prepare_dispatch, record_worker_outputs
-from lofiseg.track.tracking import ORCHESTRATOR_TAG, runs_with_tag
+from lofiseg.provenance import ORCHESTRATOR_TAG
+from lofiseg.track.runs import runs_with_tag
 from lofiseg.viz.figures import markdown_table
 
 NETWORK_STAGES = ("download",)  # stages that fetch over the network get retries

@@ -12,7 +12,7 @@ from lofiseg.data.archives import ArchiveError
 from lofiseg.data.format import DatasetFormatError
 from lofiseg.data.sources import SourceError
 from lofiseg.track.registry import RegistryError
-from lofiseg.track.tracking import TrackingUnavailable
+from lofiseg.track.store import TrackingUnavailable
 
 log = logging.getLogger("lofiseg")
 
