@@ -22,6 +22,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from lofiseg.data.transfer import s3_client
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
@@ -244,16 +246,13 @@ def check_artifact_store(artifact_location: str | None, timeout_s: float = 5.0) 
         return
     if not timeout_s > 0:
         raise ValueError(f"timeout_s: expected a positive number of seconds, got {timeout_s!r}")
-    import boto3
-    from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket = artifact_location[len("s3://"):].split("/", 1)[0]
     if not bucket:
         raise ValueError(f"artifact_location: expected s3://<bucket>/<prefix>, got {artifact_location!r}")
-    config = Config(connect_timeout=timeout_s, read_timeout=timeout_s,
-                    retries={"total_max_attempts": 2, "mode": "standard"})
-    client = boto3.client("s3", endpoint_url=os.environ.get(S3_ENDPOINT_ENV, "").strip() or None, config=config)
+    client = s3_client(os.environ.get(S3_ENDPOINT_ENV, "").strip() or None, timeout_seconds=timeout_s, retries=1,
+                       unsigned_without_credentials=False)  # MLflow signs its requests: so does the check
     endpoint = client.meta.endpoint_url
     how = (f"Point {S3_ENDPOINT_ENV} (or AWS_ENDPOINT_URL_S3) at a reachable S3-compatible store with the "
            f"bucket, fix the AWS credentials, or set {ARTIFACT_ROOT_ENV} to another location; "
