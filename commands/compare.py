@@ -21,11 +21,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flows.dag import dvc_command
+from lofiseg.cli import run
 from lofiseg.config import load_params
+from lofiseg.dvc_cli import dvc_command
+from lofiseg.provenance import git_commit
 from lofiseg.track.comparison import write_report
-from lofiseg.track.tracking import Tracker, experiment_runs, git_commit, runs_by_id
-from stages.cli import run
+from lofiseg.track.runs import experiment_runs, runs_by_id
+from lofiseg.track.tracker import Tracker
 
 WORKSPACE = "workspace"
 

@@ -33,14 +33,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lofiseg.atomic import atomic_dir, atomic_write_json
+from lofiseg.cli import run
 from lofiseg.data.format import read_image
 from lofiseg.data.layouts import IMAGE_SUFFIXES
 from lofiseg.infer.predict import check_scales, multi_scale_probs
+from lofiseg.track.models import load_model as load_logged
 from lofiseg.track.registry import TAG_IMAGE_SIZE, Registry, RegistryError, load_registrable
-from lofiseg.track.tracking import load_model as load_logged
 from lofiseg.train.loop import resolve_device
 from lofiseg.viz.images import overlay, save_png
-from stages.cli import run
 
 SALIENCY_THRESHOLD = 0.5
 

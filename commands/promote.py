@@ -14,8 +14,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from lofiseg.cli import run
 from lofiseg.track.registry import Registry, RegistryError
-from stages.cli import run
 
 
 def main(argv: Sequence[str] | None = None) -> None:

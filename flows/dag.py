@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from lofiseg.track.tracking import ORCHESTRATOR_ENV
+from lofiseg.dvc_cli import dvc_command
+from lofiseg.provenance import ORCHESTRATOR_ENV
 
 STAGE_TIMEOUT_S = 6 * 3600  # one stage's command, here or on a worker
 
@@ -83,24 +83,9 @@ def stage_env(flow_run_id: str) -> dict[str, str]:
     return env
 
 
-def dvc_executable() -> str:
-    """This interpreter's ``dvc`` (the project's venv), else the one on PATH."""
-    dvc = Path(sys.executable).with_name("dvc")
-    return str(dvc) if dvc.exists() else "dvc"
-
-
 def remote_args(remote: str | None) -> list[str]:
     """``--remote <name>`` for dvc pull / push, nothing for the repository's default remote."""
     return ["--remote", remote] if remote else []
-
-
-def dvc_command(repo: str | os.PathLike, *args: str, timeout: float = 600,
-                env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([dvc_executable(), *args], cwd=repo, capture_output=True, text=True, timeout=timeout,
-                          env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"dvc {' '.join(args)} failed in {repo}:\n{proc.stderr[-3000:]}")
-    return proc
 
 
 def stale(repo: str | os.PathLike, names: list[str]) -> list[str]:

@@ -19,10 +19,11 @@ from typing import Any
 import yaml
 from prefect import get_run_logger, task
 
-from flows.dag import STAGE_TIMEOUT_S, dvc_command, remote_args, stale
+from flows.dag import STAGE_TIMEOUT_S, remote_args, stale
 from flows.worker import artifact_key, lock_from_markdown
 from lofiseg.atomic import atomic_write_text
-from lofiseg.track.tracking import git_commit, git_dirty, git_remote_url
+from lofiseg.dvc_cli import dvc_command
+from lofiseg.provenance import git_commit, git_dirty, git_remote_url
 
 WORKER_STAGES = ("train_*", "pseudo_label@*")  # the heavy, per-class / per-model stages
 GIT_URL_ENV = "LOFISEG_GIT_URL"

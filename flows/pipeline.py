@@ -29,19 +29,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.dag import (
-    STAGE_TIMEOUT_S,
-    Stage,
-    dvc_command,
-    dvc_executable,
-    read_dag,
-    remote_args,
-    stage_env,
-    stale,
-    waves,
-)
+from flows.dag import STAGE_TIMEOUT_S, Stage, read_dag, remote_args, stage_env, stale, waves
 from flows.dispatch import dispatch_stage, prepare_dispatch, record_worker_outputs
-from lofiseg.track.tracking import ORCHESTRATOR_TAG, runs_with_tag
+from lofiseg.dvc_cli import dvc_command, dvc_executable
+from lofiseg.provenance import ORCHESTRATOR_TAG
+from lofiseg.track.runs import runs_with_tag
 from lofiseg.viz.figures import markdown_table
 
 NETWORK_STAGES = ("download",)  # stages that fetch over the network get retries

@@ -23,9 +23,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.schedules import Cron
 
-from flows.dag import dvc_command, read_dag, remote_args, waves
+from flows.dag import read_dag, remote_args, waves
 from flows.pipeline import pipeline, run_stage
 from lofiseg.config import load_params
+from lofiseg.dvc_cli import dvc_command
 from lofiseg.viz.figures import markdown_table
 
 DVC_TIMEOUT_S = 3 * 3600

@@ -27,8 +27,9 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from flows.dag import STAGE_TIMEOUT_S, dvc_command, read_dag, remote_args, stage_env
+from flows.dag import STAGE_TIMEOUT_S, read_dag, remote_args, stage_env
 from lofiseg.atomic import atomic_write_text
+from lofiseg.dvc_cli import dvc_command
 
 CACHE_ENV = "LOFISEG_DVC_CACHE"
 

@@ -1,26 +1,16 @@
-"""What every stage script shares: argument parsing of the params path and error reporting."""
+"""What every stage script shares: argument parsing of the params path, metrics for MLflow, and the runner
+(:func:`lofiseg.cli.run`: a user error exits 2 with its message)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
-from collections.abc import Callable, Sequence
 
-from lofiseg.config import ParamsError
-from lofiseg.data.archives import ArchiveError
-from lofiseg.data.format import DatasetFormatError
-from lofiseg.data.sources import SourceError
-from lofiseg.track.registry import RegistryError
-from lofiseg.track.tracking import TrackingUnavailable
+from lofiseg.cli import USER_ERRORS, run
+
+__all__ = ["USER_ERRORS", "flatten_metrics", "log", "run", "stage_parser"]
 
 log = logging.getLogger("lofiseg")
-
-# Errors a user can fix from the message alone: reported in one block, no traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ParamsError, DatasetFormatError, SourceError, ArchiveError, TrackingUnavailable, RegistryError,
-    FileNotFoundError,
-)
 
 
 def flatten_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
@@ -38,14 +28,3 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     return parser
-
-
-def run(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None) -> int:
-    """Run a stage's main; a user error prints its message and exits 2 instead of a traceback."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        main(argv)
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0

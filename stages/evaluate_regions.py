@@ -30,7 +30,8 @@ from lofiseg.data.layouts import ALT_MASKS_FIELD
 from lofiseg.data.loading import load_split
 from lofiseg.infer.regions import RegionEvaluator, resize_labels, segment_images
 from lofiseg.models.bundle import load_bundle
-from lofiseg.track.tracking import Tracker, standard_tags
+from lofiseg.provenance import standard_tags
+from lofiseg.track.tracker import Tracker
 from lofiseg.viz.figures import markdown_table
 from lofiseg.viz.images import image_grid, random_colours, save_png
 from stages.cli import flatten_metrics, log, run, stage_parser

@@ -24,7 +24,8 @@ from lofiseg.data.loading import load_split
 from lofiseg.infer.predict import predict_native, predict_probs
 from lofiseg.metrics.saliency import SaliencyMeter
 from lofiseg.models.bundle import load_bundle
-from lofiseg.track.tracking import Tracker, standard_tags
+from lofiseg.provenance import standard_tags
+from lofiseg.track.tracker import Tracker
 from lofiseg.viz.figures import lines_figure, markdown_table, save_figure
 from lofiseg.viz.images import colorize_labels, image_grid, save_png
 from stages.cli import flatten_metrics, log, run, stage_parser

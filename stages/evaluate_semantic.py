@@ -32,7 +32,8 @@ from lofiseg.infer.predict import predict_native
 from lofiseg.metrics.saliency import SaliencyMeter
 from lofiseg.metrics.semantic import ConfusionMeter
 from lofiseg.models.bundle import load_bundle
-from lofiseg.track.tracking import Tracker, standard_tags
+from lofiseg.provenance import standard_tags
+from lofiseg.track.tracker import Tracker
 from lofiseg.train.regularized_plan import class_records
 from lofiseg.viz.figures import bars_figure, markdown_table, save_figure
 from lofiseg.viz.images import colorize_labels, image_grid, save_png

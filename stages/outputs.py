@@ -10,7 +10,7 @@ import torch
 
 from lofiseg.atomic import atomic_write_json
 from lofiseg.models.bundle import save_bundle
-from lofiseg.track.tracking import Tracker
+from lofiseg.track.tracker import Tracker
 from lofiseg.viz.figures import curves_figure, save_figure
 
 TRAINING_FILES = ("info.json", "history.json", "curves.png")

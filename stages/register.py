@@ -22,8 +22,9 @@ from typing import Any
 from lofiseg.atomic import atomic_write_json
 from lofiseg.config import Params, ParamsError, RegisteredModel, load_params
 from lofiseg.data.format import MANIFEST
+from lofiseg.provenance import dvc_hashes, standard_tags
 from lofiseg.track.registry import BUNDLE_FILE, Registry
-from lofiseg.track.tracking import TrackingUnavailable, dvc_hashes, standard_tags
+from lofiseg.track.store import TrackingUnavailable
 from stages.cli import log, run, stage_parser
 
 MAX_METRIC_TAGS = 64  # sibling metrics of the gate metric tagged on a version (MLflow tags are not free)

@@ -50,7 +50,8 @@ from lofiseg.losses.ce import cross_entropy_loss
 from lofiseg.metrics.semantic import ConfusionMeter
 from lofiseg.models.bundle import load_bundle
 from lofiseg.models.factory import build_model
-from lofiseg.track.tracking import Tracker, standard_tags
+from lofiseg.provenance import standard_tags
+from lofiseg.track.tracker import Tracker
 from lofiseg.train.distributed import (
     DistContext,
     DistributedTrainer,

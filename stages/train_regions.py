@@ -35,7 +35,8 @@ from lofiseg.losses.discriminative import DiscriminativeLoss
 from lofiseg.losses.embedding import ProjectiveLoss
 from lofiseg.models.descriptor_heads import descriptor_kind, descriptor_model
 from lofiseg.models.factory import build_model
-from lofiseg.track.tracking import Tracker, standard_tags
+from lofiseg.provenance import standard_tags
+from lofiseg.track.tracker import Tracker
 from lofiseg.train.loop import (
     Trainer,
     epoch_batches,

@@ -25,7 +25,8 @@ from lofiseg.losses import build_loss
 from lofiseg.metrics.saliency import SaliencyMeter
 from lofiseg.models.channel import ChannelSelected
 from lofiseg.models.factory import build_model
-from lofiseg.track.tracking import Tracker, standard_tags
+from lofiseg.provenance import standard_tags
+from lofiseg.track.tracker import Tracker
 from lofiseg.train.loop import (
     Trainer,
     epoch_batches,

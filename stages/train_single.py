@@ -30,7 +30,8 @@ from lofiseg.data.loading import TensorSplit, load_split, random_flip
 from lofiseg.losses.ce import cross_entropy_loss
 from lofiseg.models.bundle import load_bundle
 from lofiseg.models.factory import SegmentationModel, build_model
-from lofiseg.track.tracking import Tracker, standard_tags
+from lofiseg.provenance import standard_tags
+from lofiseg.track.tracker import Tracker
 from lofiseg.train.loop import (
     Trainer,
     epoch_batches,

@@ -11,9 +11,10 @@ import pytest
 import yaml
 
 from commands import compare
-from lofiseg.track import comparison, tracking
+from lofiseg.track import comparison
 from lofiseg.track.comparison import best_values, is_setting, lower_is_better
-from lofiseg.track.tracking import Tracker
+from lofiseg.track.runs import experiment_runs, runs_by_id
+from lofiseg.track.tracker import Tracker
 from tests.pipeline_repo import make_repo, run
 
 # Three runs. Latest metric values (the last step):
@@ -80,7 +81,7 @@ def test_direction_of_metrics() -> None:
 
 
 def test_runs_read_back_with_params_metrics_and_curves(store) -> None:
-    runs = tracking.experiment_runs("cmp", uri=store["uri"])
+    runs = experiment_runs("cmp", uri=store["uri"])
     assert [r["name"] for r in runs] == ["a", "b", "c"]  # oldest first
     c = runs[2]
     assert c["run_id"] == store["ids"]["c"] and c["status"] == "FINISHED"
@@ -89,16 +90,16 @@ def test_runs_read_back_with_params_metrics_and_curves(store) -> None:
     assert c["curves"] == {"train_loss": [(0, 1.0), (1, 0.7), (2, 0.4)],
                            "val_fbeta": [(0, 0.3), (1, 0.5), (2, 0.7)]}  # mae has one step: no curve
 
-    by_id = tracking.runs_by_id([store["ids"]["c"], store["ids"]["a"]], uri=store["uri"], curves=False)
+    by_id = runs_by_id([store["ids"]["c"], store["ids"]["a"]], uri=store["uri"], curves=False)
     assert [r["name"] for r in by_id] == ["c", "a"] and by_id[0]["curves"] == {}
     with pytest.raises(ValueError, match=r"run_ids: no MLflow run 'nope'"):
-        tracking.runs_by_id(["nope"], uri=store["uri"])
+        runs_by_id(["nope"], uri=store["uri"])
     with pytest.raises(ValueError, match=r"experiment: no MLflow experiment 'absent'.*\['Default', 'cmp'\]"):
-        tracking.experiment_runs("absent", uri=store["uri"])
+        experiment_runs("absent", uri=store["uri"])
 
 
 def test_tables_show_the_differing_params_and_bold_the_best(store) -> None:
-    runs = tracking.experiment_runs("cmp", uri=store["uri"])
+    runs = experiment_runs("cmp", uri=store["uri"])
     assert comparison.differing_params(runs) == ["epochs", "loss", "lr"]  # seed is the same everywhere
     assert comparison.params_table(runs).markdown() == PARAMS_MD
     table = comparison.metrics_table(runs)

@@ -20,7 +20,8 @@ from dvc.repo import Repo
 from lofiseg.config import ParamsError
 from lofiseg.models.bundle import save_bundle
 from lofiseg.models.factory import build_model
-from lofiseg.track import tracking
+from lofiseg.track import models as track_models
+from lofiseg.track import store as track_store
 from lofiseg.track.registry import (
     CHALLENGER,
     CHAMPION,
@@ -33,7 +34,7 @@ from lofiseg.track.registry import (
     RegistryError,
     decide,
 )
-from lofiseg.track.tracking import TrackingUnavailable
+from lofiseg.track.store import TrackingUnavailable
 from stages.cli import run
 from tests.pipeline_repo import PROJECT
 
@@ -49,7 +50,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         patch.setenv("MLFLOW_ARTIFACT_ROOT", (root / "artifacts").as_uri())
-        tracking.check_store(uri)
+        track_store.check_store(uri)
         yield uri
 
 
@@ -127,7 +128,7 @@ def test_first_is_champion_better_promoted_worse_stays_challenger(registry: Regi
     assert TAG_PREVIOUS not in v1.tags
     run = registry.client.get_run(first.run_id)  # the register run: metrics, and the model's input example
     assert run.data.metrics[METRIC] == pytest.approx(0.60)
-    info = tracking._mlflow().models.get_model_info(f"models:/{name}/1")
+    info = track_store.import_mlflow().models.get_model_info(f"models:/{name}/1")
     assert info.saved_input_example_info["artifact_path"] == "input_example.json"
     assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 3, -1, -1)
 
@@ -188,7 +189,7 @@ def test_champion_uri_loads_and_predicts_like_the_bundle(registry: Registry, tmp
     name = "loadable"
     bundle = make_bundle(tmp_path / "a", 3)
     register(registry, name, bundle, 0.5)
-    loaded = tracking.load_model(f"models:/{name}@champion")
+    loaded = track_models.load_model(f"models:/{name}@champion")
     model, _ = load_bundle(bundle / "model.pt")
     x = torch.rand(2, 3, 40, 24, generator=torch.Generator().manual_seed(0))  # not the example's size
     with torch.no_grad():
@@ -277,7 +278,7 @@ def test_register_stage_end_to_end(store: str, tmp_path: Path, monkeypatch: pyte
     assert deeplab["eval_set"] == "3867a0a10cdd107e7b915c9476f0d749.dir"
     assert deeplab["metrics"] == {"deeplab_pseudo/miou": 0.40}  # the list "iou" is not a number: left out
     assert (saliency["decision"], saliency["challenger_value"]) == ("promoted", 0.05)
-    champion = tracking.load_model("models:/stage-saliency@champion")  # saliency: ChannelSelected, 1 channel
+    champion = track_models.load_model("models:/stage-saliency@champion")  # saliency: ChannelSelected, 1 channel
     assert champion(torch.rand(1, 3, 32, 32)).shape == (1, 1, 32, 32)
 
     (tmp_path / "metrics/semantic.json").write_text(json.dumps({"deeplab_pseudo": {"miou": 0.402}}))

@@ -45,7 +45,7 @@ def test_retrain_pulls_trains_registers_promotes_and_pushes(tmp_path, moto_serve
     monkeypatch.chdir(repo)
 
     from flows.retrain import retrain
-    from lofiseg.track import tracking
+    from lofiseg.track import models as track_models
     from lofiseg.track.registry import Registry
 
     with prefect_test_harness(server_startup_timeout=120):
@@ -60,7 +60,7 @@ def test_retrain_pulls_trains_registers_promotes_and_pushes(tmp_path, moto_serve
         assert Registry().champion("lofiseg-saliency") == "1"
         import torch
 
-        champion = tracking.load_model("models:/lofiseg-saliency@champion")
+        champion = track_models.load_model("models:/lofiseg-saliency@champion")
         assert champion(torch.rand(1, 3, 32, 32)).shape == (1, 1, 32, 32)
         client = boto3.client("s3", endpoint_url=moto_server)
         stored = [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET).get("Contents", [])]

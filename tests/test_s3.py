@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lofiseg.track import tracking
-from lofiseg.track.tracking import Tracker, TrackingUnavailable
+from lofiseg.track import models as track_models
+from lofiseg.track import store as track_store
+from lofiseg.track.store import TrackingUnavailable
+from lofiseg.track.tracker import Tracker
 from tests.pipeline_repo import dvc, make_repo
 from tests.servers import closed_port, isolate_aws_env, moto_server, serve_on_loopback  # noqa: F401
 
@@ -220,7 +222,7 @@ def test_push_cut_off_midway_never_publishes_the_directory_and_resumes(data_repo
 def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A sqlite store shared by the module (MLflow's migrations take seconds); one experiment per test."""
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
-    tracking.check_store(uri)
+    track_store.check_store(uri)
     return uri
 
 
@@ -234,7 +236,7 @@ def test_mlflow_artifacts_and_model_land_in_the_bucket_and_load_back(aws: str, m
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     import mlflow
 
-    monkeypatch.setenv(tracking.S3_ENDPOINT_ENV, aws)
+    monkeypatch.setenv(track_store.S3_ENDPOINT_ENV, aws)
     notes = tmp_path / "notes.md"
     notes.write_text("# run notes\n")
     model = tiny_model()
@@ -251,7 +253,7 @@ def test_mlflow_artifacts_and_model_land_in_the_bucket_and_load_back(aws: str, m
     fetched = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="reports/notes.md",
                                                   dst_path=str(tmp_path / "fetched"), tracking_uri=mlflow_store)
     assert Path(fetched).read_bytes() == notes.read_bytes()
-    loaded = tracking.load_model(model_uri, tracking_uri=mlflow_store)
+    loaded = track_models.load_model(model_uri, tracking_uri=mlflow_store)
     batch = torch.rand(2, 3, 8, 12)
     with torch.no_grad():
         assert torch.equal(loaded(batch), model(batch))
@@ -263,7 +265,7 @@ def test_tracker_with_unreachable_s3_fails_fast_naming_the_endpoint(aws: str, ml
     from mlflow import MlflowClient
 
     dead = f"http://127.0.0.1:{closed_port()}"
-    monkeypatch.setenv(tracking.S3_ENDPOINT_ENV, dead)
+    monkeypatch.setenv(track_store.S3_ENDPOINT_ENV, dead)
     root = f"s3://{BUCKET}/mlflow"
     start = time.monotonic()
     with pytest.raises(TrackingUnavailable) as caught:
@@ -271,16 +273,16 @@ def test_tracker_with_unreachable_s3_fails_fast_naming_the_endpoint(aws: str, ml
             pytest.fail("the body must not run without an artifact store")
     assert time.monotonic() - start < 10
     message = str(caught.value)
-    assert dead in message and f"{root}/s3-down" in message and tracking.S3_ENDPOINT_ENV in message
+    assert dead in message and f"{root}/s3-down" in message and track_store.S3_ENDPOINT_ENV in message
     assert MlflowClient(mlflow_store).get_experiment_by_name("s3-down") is None  # nothing left behind
 
-    with caplog.at_level(logging.WARNING, logger="lofiseg.track.tracking"):
+    with caplog.at_level(logging.WARNING, logger="lofiseg.track.tracker"):
         with Tracker("s3-down", "run", uri=mlflow_store, artifact_root=root, required=False,
                      timeout_s=2.0) as tracker:
             assert not tracker.active
     assert "training WITHOUT tracking" in caplog.text and dead in caplog.text
 
-    monkeypatch.setenv(tracking.S3_ENDPOINT_ENV, aws)  # reachable, but no such bucket
+    monkeypatch.setenv(track_store.S3_ENDPOINT_ENV, aws)  # reachable, but no such bucket
     with pytest.raises(TrackingUnavailable, match="bucket 'absent' does not exist"):
         with Tracker("s3-absent", "run", uri=mlflow_store, artifact_root="s3://absent/mlflow"):
             pass
@@ -293,12 +295,12 @@ def test_s3_lost_mid_run_fails_the_upload_in_bounded_time_and_the_run(aws: str, 
 
     notes = tmp_path / "notes.md"
     notes.write_text("lost\n")
-    monkeypatch.setenv(tracking.S3_ENDPOINT_ENV, aws)
+    monkeypatch.setenv(track_store.S3_ENDPOINT_ENV, aws)
     dead = f"http://127.0.0.1:{closed_port()}"
     with pytest.raises(Exception, match=f"Could not connect to the endpoint URL: \"{dead}/") as caught:
         with Tracker("s3-lost", "run", uri=mlflow_store, artifact_root=f"s3://{BUCKET}/mlflow") as tracker:
             run_id = tracker.run_id
-            monkeypatch.setenv(tracking.S3_ENDPOINT_ENV, dead)  # the store goes away after the check
+            monkeypatch.setenv(track_store.S3_ENDPOINT_ENV, dead)  # the store goes away after the check
             start = time.monotonic()
             try:
                 tracker.log_artifact(notes)
@@ -308,4 +310,4 @@ def test_s3_lost_mid_run_fails_the_upload_in_bounded_time_and_the_run(aws: str, 
     run = MlflowClient(mlflow_store).get_run(run_id)
     assert run.info.status == "FAILED" and dead in run.data.tags["lofiseg.error"], caught.value
     assert keys(aws, f"mlflow/s3-lost/{run_id}/") == []
-    assert os.environ[tracking.S3_ENDPOINT_ENV] == dead
+    assert os.environ[track_store.S3_ENDPOINT_ENV] == dead

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lofiseg.data import sources
+from lofiseg.data import transfer
 from lofiseg.data.sources import (
     ChecksumError,
     HTTPStatusError,
@@ -92,13 +92,20 @@ def test_http_cut_transfer_with_too_few_retries_leaves_no_file(http_server: File
 def test_http_server_errors_are_retried_with_exponential_backoff(http_server: FileServer, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     delays: list[float] = []
-    monkeypatch.setattr(sources, "_sleep", delays.append)
+    monkeypatch.setattr(transfer, "_sleep", delays.append)
     url = http_server.add(PAYLOAD)
     http_server.fail(url, 503, 500, 429)
     path = fetch(url, tmp_path, **{**FAST, "retries": 4, "backoff_seconds": 0.5})
     assert path.read_bytes() == PAYLOAD
     # backoff_seconds * 2**k for k = 0, 1, 2 before attempts 2, 3, 4
     assert delays == [0.5, 1.0, 2.0]
+
+
+def test_every_http_5xx_is_retried(http_server: FileServer, tmp_path: Path) -> None:
+    url = http_server.add(PAYLOAD)
+    http_server.fail(url, 501)  # one policy with the web collector: any 5xx may be gone on the next attempt
+    assert fetch(url, tmp_path, **FAST).read_bytes() == PAYLOAD
+    assert http_server.requests_for(url) == 2
 
 
 def test_http_stalled_transfer_times_out_and_is_retried(http_server: FileServer, tmp_path: Path) -> None:
@@ -200,7 +207,7 @@ def test_s3_fetch_via_explicit_endpoint(moto_server: str, tmp_path: Path, monkey
 def test_s3_missing_key_is_clear_and_not_retried(s3_endpoint: str, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     delays: list[float] = []
-    monkeypatch.setattr(sources, "_sleep", delays.append)
+    monkeypatch.setattr(transfer, "_sleep", delays.append)
     put_s3_object(s3_endpoint, "lofiseg-missing", "present.zip", b"x")
     with pytest.raises(SourceError, match=r"s3://lofiseg-missing/absent\.zip: S3 error NoSuchKey") as info:
         fetch("s3://lofiseg-missing/absent.zip", tmp_path, **FAST)
@@ -220,3 +227,27 @@ def test_s3_unreachable_endpoint_fails_fast(tmp_path: Path, monkeypatch: pytest.
     message = str(info.value)
     assert "s3://bucket/key.zip" in message and endpoint in message and "3 attempt(s)" in message
     assert leftovers(tmp_path) == []
+
+
+def test_s3_server_errors_are_retried_by_botocore(http_server: FileServer, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """An S3 endpoint (the file server, path-style ``/<bucket>/<key>``) answering 503, 500, then the object:
+    botocore's standard retry mode makes the ``retries`` more attempts, lofiseg's HTTP loop none."""
+    isolate_aws_env(monkeypatch)
+    delays: list[float] = []
+    monkeypatch.setattr(transfer, "_sleep", delays.append)
+    http_server.add(PAYLOAD, "lofiseg-flaky/sets/a.zip")
+    http_server.failures["lofiseg-flaky/sets/a.zip"] = [503, 500]
+    path = fetch("s3://lofiseg-flaky/sets/a.zip", tmp_path, sha256=PAYLOAD_SHA,
+                 s3_endpoint_url=http_server.base_url, **{**FAST, "retries": 2})
+    assert path.read_bytes() == PAYLOAD
+    assert http_server.hits["lofiseg-flaky/sets/a.zip"] == 3 and delays == []
+
+    http_server.add(PAYLOAD, "lofiseg-flaky/sets/b.zip")
+    http_server.failures["lofiseg-flaky/sets/b.zip"] = [503, 503]
+    with pytest.raises(TransferError, match=r"2 attempt\(s\) per request") as info:
+        fetch("s3://lofiseg-flaky/sets/b.zip", tmp_path / "b", s3_endpoint_url=http_server.base_url,
+              **{**FAST, "retries": 1})
+    assert "s3://lofiseg-flaky/sets/b.zip" in str(info.value) and http_server.base_url in str(info.value)
+    assert http_server.hits["lofiseg-flaky/sets/b.zip"] == 2
+    assert list((tmp_path / "b").iterdir()) == []

@@ -1,11 +1,13 @@
-"""lofiseg.track.tracking against a real MLflow with a sqlite store in a temporary folder (one DB per module)."""
+"""lofiseg.track (store, tracker, models) against a real MLflow with a sqlite store in a temporary folder (one DB per module)."""
 
 from __future__ import annotations
 
+import ast
 import http.server
 import logging
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -15,8 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from lofiseg.track import tracking
-from lofiseg.track.tracking import Tracker, TrackingUnavailable
+from lofiseg.track import models as track_models
+from lofiseg.track import store as track_store
+from lofiseg.track.store import TrackingUnavailable
+from lofiseg.track.tracker import Tracker
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -27,7 +31,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root}/mlflow.db"
-    tracking.check_store(uri)
+    track_store.check_store(uri)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         yield {"uri": uri, "artifact_root": (root / "mlartifacts").as_uri()}
@@ -56,19 +60,19 @@ def steps(client, run_id: str, key: str) -> list[tuple[int, float]]:
 def test_default_uris_and_env_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_ARTIFACT_ROOT", raising=False)
-    assert tracking.default_tracking_uri(tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
-    assert tracking.default_artifact_root(tmp_path) == f"file://{tmp_path.resolve()}/mlartifacts"
+    assert track_store.default_tracking_uri(tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert track_store.default_artifact_root(tmp_path) == f"file://{tmp_path.resolve()}/mlartifacts"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracker:5000")
     monkeypatch.setenv("MLFLOW_ARTIFACT_ROOT", "s3://bucket/mlflow")
-    assert tracking.default_tracking_uri(tmp_path) == "http://tracker:5000"
-    assert tracking.default_artifact_root(tmp_path) == "s3://bucket/mlflow"
+    assert track_store.default_tracking_uri(tmp_path) == "http://tracker:5000"
+    assert track_store.default_artifact_root(tmp_path) == "s3://bucket/mlflow"
 
 
 def test_sqlite_store_is_created_once_then_reused(store) -> None:
     db = Path(store["uri"][len("sqlite:///"):])
-    assert tracking._sqlite_has_schema(db)  # created by the fixture; now checked without the file lock
-    tracking.check_store(store["uri"])
-    assert not tracking._sqlite_has_schema(db.with_name("absent.db"))
+    assert track_store.sqlite_has_schema(db)  # created by the fixture; now checked without the file lock
+    track_store.check_store(store["uri"])
+    assert not track_store.sqlite_has_schema(db.with_name("absent.db"))
 
 
 def test_sqlite_store_in_uncreatable_folder_is_unavailable(tmp_path: Path) -> None:
@@ -76,10 +80,10 @@ def test_sqlite_store_in_uncreatable_folder_is_unavailable(tmp_path: Path) -> No
     blocker.write_text("not a folder")
     uri = f"sqlite:///{blocker}/sub/mlflow.db"
     with pytest.raises(TrackingUnavailable, match="MLFLOW_TRACKING_URI") as caught:
-        tracking.check_store(uri)
+        track_store.check_store(uri)
     assert uri in str(caught.value) and "tracking.required: false" in str(caught.value)
     with pytest.raises(TrackingUnavailable, match="in-memory"):
-        tracking.check_store("sqlite://")
+        track_store.check_store("sqlite://")
 
 
 def test_unreachable_http_store_fails_fast_naming_the_uri() -> None:
@@ -118,14 +122,14 @@ def test_http_store_whose_api_fails_or_hangs_is_unavailable_in_time(mode: str, r
         uri = f"http://127.0.0.1:{server.server_address[1]}"
         start = time.monotonic()
         with pytest.raises(TrackingUnavailable, match=reason) as caught:
-            tracking.check_store(uri, timeout_s=1.0)
+            track_store.check_store(uri, timeout_s=1.0)
         assert time.monotonic() - start < 2.5 and uri in str(caught.value)
         server.shutdown()
 
 
 def test_unreachable_store_not_required_gives_a_noop_tracker_that_warns(caplog: pytest.LogCaptureFixture
                                                                         ) -> None:
-    with caplog.at_level(logging.WARNING, logger="lofiseg.track.tracking"):
+    with caplog.at_level(logging.WARNING, logger="lofiseg.track.tracker"):
         with Tracker("exp", "run", uri=closed_port_uri(), required=False, timeout_s=2.0) as tracker:
             assert not tracker.active and tracker.run_id is None
             tracker.log_params({"a": 1})
@@ -133,7 +137,7 @@ def test_unreachable_store_not_required_gives_a_noop_tracker_that_warns(caplog: 
             tracker.set_tags({"t": "v"})
             assert tracker.log_model(torch.nn.Conv2d(3, 2, 1), "model", torch.zeros(1, 3, 8, 8)) is None
     assert "training WITHOUT tracking" in caplog.text
-    with caplog.at_level(logging.WARNING, logger="lofiseg.track.tracking"):
+    with caplog.at_level(logging.WARNING, logger="lofiseg.track.tracker"):
         with Tracker("exp", "run", uri="sqlite:///never/created.db", enabled=False) as tracker:
             assert not tracker.active
     assert not Path("never").exists()
@@ -184,15 +188,15 @@ def test_run_logs_params_metrics_tags_artifacts_and_a_resizable_model(store, cli
     assert {a.path for a in client.list_artifacts(run_id, "plots")} == {"plots/loss.png", "plots/grid.png"}
 
     # The signature leaves batch, H and W free: (-1, 3, -1, -1) -> (-1, 2, -1, -1).
-    with tracking._tracking_uri_set(store["uri"]):
+    with track_store.tracking_uri_set(store["uri"]):
         signature = mlflow.models.get_model_info(model_uri).signature
     assert signature.inputs.inputs[0].shape == (-1, 3, -1, -1)
     assert signature.outputs.inputs[0].shape == (-1, 2, -1, -1)
-    loaded = tracking.load_model(model_uri, tracking_uri=store["uri"])
+    loaded = track_models.load_model(model_uri, tracking_uri=store["uri"])
     other = torch.rand(3, 3, 8, 12)  # batch 3 and 8x12, unlike the 1x16x16 example
     with torch.no_grad():
         assert torch.allclose(loaded(other), model(other))
-    with tracking._tracking_uri_set(store["uri"]):  # the pyfunc flavour enforces the signature
+    with track_store.tracking_uri_set(store["uri"]):  # the pyfunc flavour enforces the signature
         predicted = mlflow.pyfunc.load_model(model_uri).predict(other.numpy())
     np.testing.assert_allclose(predicted, model(other).detach().numpy(), rtol=1e-6)
 
@@ -256,78 +260,40 @@ def test_bad_input_is_refused(store) -> None:
 def test_default_pip_requirements_pin_torch_and_cloudpickle() -> None:
     from importlib import metadata
 
-    requirements = tracking._default_pip_requirements(torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1)))
+    requirements = track_models.default_pip_requirements(torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1)))
     assert requirements == sorted([f"cloudpickle=={metadata.version('cloudpickle')}",
                                    f"torch=={torch.__version__.split('+')[0]}"])
     # A class from another installed package (numpy's name stands in for smp/timm) gets pinned too.
     foreign = type("Foreign", (torch.nn.Identity,), {"__module__": "numpy.fake"})
-    assert f"numpy=={np.__version__}" in tracking._default_pip_requirements(torch.nn.Sequential(foreign()))
+    assert f"numpy=={np.__version__}" in track_models.default_pip_requirements(torch.nn.Sequential(foreign()))
 
 
-# --- provenance ---------------------------------------------------------------------------------------------
+# --- where mlflow is imported -------------------------------------------------------------------------------
 
-DVC_LOCK = """\
-schema: '2.0'
-stages:
-  download:
-    cmd: python -m stages.download --out data/raw
-    deps:
-    - path: lofiseg/data
-      hash: md5
-      md5: 11111111111111111111111111111111.dir
-    outs:
-    - path: data/raw
-      hash: md5
-      md5: 22222222222222222222222222222222.dir
-      size: 1234
-      nfiles: 10
-  noise@0.5:
-    cmd: python -m stages.noise --rate 0.5
-    deps:
-    - path: data/raw
-      hash: md5
-      md5: 22222222222222222222222222222222.dir
-    outs:
-    - path: data/noisy/0.5
-      hash: md5
-      md5: 33333333333333333333333333333333.dir
-"""
+LOFISEG = Path(__file__).resolve().parent.parent / "lofiseg"
 
 
-def test_dvc_hashes_read_dvc_lock_and_dot_dvc_files(tmp_path: Path) -> None:
-    (tmp_path / "dvc.lock").write_text(DVC_LOCK)
-    (tmp_path / "extra").mkdir()
-    (tmp_path / "extra" / "web.dvc").write_text("outs:\n- md5: 44444444444444444444444444444444.dir\n"
-                                                "  path: web\n")
-    hashes = tracking.dvc_hashes(["data/raw", "./data/noisy/0.5/", tmp_path / "extra/web", "data/missing"],
-                                 tmp_path)
-    assert hashes == {"data/raw": "22222222222222222222222222222222.dir",
-                      "data/noisy/0.5": "33333333333333333333333333333333.dir",
-                      "extra/web": "44444444444444444444444444444444.dir"}
-    assert tracking.dvc_hashes(["data/raw"], tmp_path / "extra") == {}  # no dvc.lock there
-    with pytest.raises(TypeError, match="paths: expected a list of paths"):
-        tracking.dvc_hashes("data/raw", tmp_path)  # type: ignore[arg-type]
+def imports_mlflow(path: Path) -> bool:
+    """Whether a module has an ``import mlflow...`` or ``from mlflow... import`` anywhere, lazy ones included."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                 else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+        if any(name == "mlflow" or name.startswith("mlflow.") for name in names):
+            return True
+    return False
 
 
-def test_git_commit_dirty_flag_and_standard_tags(tmp_path: Path) -> None:
-    assert tracking.git_commit(tmp_path) is None and tracking.git_dirty(tmp_path) is None
+def test_only_the_track_package_imports_mlflow() -> None:
+    offenders = sorted(path.relative_to(LOFISEG.parent).as_posix() for path in LOFISEG.rglob("*.py")
+                       if LOFISEG / "track" not in path.parents and imports_mlflow(path))
+    assert offenders == []
+    assert imports_mlflow(LOFISEG / "track" / "store.py")  # the walk does see the lazy imports
 
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t",
-                               *args], check=True, capture_output=True, text=True).stdout.strip()
 
-    git("init", "-q")
-    assert tracking.git_commit(tmp_path) is None  # a repo without commits has no HEAD yet
-    (tmp_path / "code.py").write_text("x = 1\n")
-    (tmp_path / "dvc.lock").write_text(DVC_LOCK)
-    git("add", "code.py", "dvc.lock")
-    git("commit", "-q", "-m", "first")
-    sha = git("rev-parse", "HEAD")
-    assert len(sha) == 40 and tracking.git_commit(tmp_path) == sha
-    assert tracking.git_dirty(tmp_path) is False
-    (tmp_path / "dvc.lock").write_text(DVC_LOCK + "# rewritten by dvc repro\n")
-    assert tracking.git_dirty(tmp_path) is False  # dvc.lock changes are DVC's, recorded as dvc.* tags
-    (tmp_path / "code.py").write_text("x = 2\n")
-    assert tracking.git_dirty(tmp_path) is True
-    assert tracking.standard_tags(tmp_path, ["data/raw", "data/missing"]) == {
-        "git.commit": sha, "git.dirty": "true", "dvc.data/raw": "22222222222222222222222222222222.dir"}
+def test_importing_the_tracker_does_not_import_mlflow() -> None:
+    """Stages that do not track must not pay for importing mlflow."""
+    code = ("import sys, lofiseg.track, lofiseg.track.tracker, lofiseg.track.registry, lofiseg.provenance; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=LOFISEG.parent)
+    assert done.stdout.strip() == "[]"

@@ -16,16 +16,16 @@ from PIL import Image
 from pydantic import ValidationError
 
 from lofiseg.config import WebClassSource, WebParams
-from lofiseg.data import web
+from lofiseg.data import transfer, web
 from lofiseg.data.format import Dataset, DatasetWriter, sha256_bytes
 from lofiseg.data.sources import SourceError
 from lofiseg.data.synthetic import generate_web
+from lofiseg.data.transfer import retry_delays
 from lofiseg.data.web import (
     WebReport,
     collect_web_images,
     list_local_images,
     read_url_manifest,
-    retry_delays,
 )
 from tests import servers
 from tests.servers import FileServer, closed_port, isolate_aws_env, put_s3_object, serve_on_loopback
@@ -288,15 +288,15 @@ def test_local_cap_and_val_fraction_by_content_hash(tmp_path: Path) -> None:
 def test_s3_prefix_class_and_changed_object(s3_endpoint: str, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     fetched: list[str] = []  # the key of every GetObject call
-    real_client = web._s3_client
+    real_client = web.s3_client
 
-    def counting_client(*args: object) -> object:
-        client = real_client(*args)
+    def counting_client(*args: object, **kwargs: object) -> object:
+        client = real_client(*args, **kwargs)
         client.meta.events.register("provide-client-params.s3.GetObject",
                                     lambda params, **_: fetched.append(params["Key"]))
         return client
 
-    monkeypatch.setattr(web, "_s3_client", counting_client)
+    monkeypatch.setattr(web, "s3_client", counting_client)
     one, two, new_one = encode(40, 40, 31), encode(44, 33, 32, "JPEG"), encode(40, 40, 33)
     put_s3_object(s3_endpoint, "web-images", "bird/one.png", one)
     put_s3_object(s3_endpoint, "web-images", "bird/sub/two.jpg", two)
@@ -422,8 +422,8 @@ def test_retries_back_off_exponentially(monkeypatch: pytest.MonkeyPatch) -> None
     assert retry_delays(3, 0.5) == [0.5, 1.0, 2.0]
     assert retry_delays(2, 100.0) == [100.0, 120.0]  # 200 s capped at 120 s
     slept: list[float] = []
-    monkeypatch.setattr(web, "_sleep", slept.append)
-    outcomes = iter([web._Transient("HTTP 503"), web._Transient("HTTP 503"), b"ok"])
+    monkeypatch.setattr(transfer, "_sleep", slept.append)
+    outcomes = iter([transfer.TransientError("HTTP 503"), transfer.TransientError("HTTP 503"), b"ok"])
 
     def attempt() -> bytes:
         result = next(outcomes)
@@ -431,14 +431,15 @@ def test_retries_back_off_exponentially(monkeypatch: pytest.MonkeyPatch) -> None
             raise result
         return result
 
-    assert web._with_retries(attempt, 3, 0.5) == b"ok"
+    assert transfer.with_retries(attempt, 3, 0.5, what="http://h/a.png") == b"ok"
     assert slept == [0.5, 1.0]
-    with pytest.raises(web._Transient, match=r"^HTTP 503 \(3 attempt\(s\); tried again on the next run\)$"):
-        web._with_retries(lambda: (_ for _ in ()).throw(web._Transient("HTTP 503")), 2, 0.0)
+    with pytest.raises(transfer.RetriesExhausted, match=r"^HTTP 503 \(3 attempt\(s\)\)$") as info:
+        transfer.with_retries(lambda: (_ for _ in ()).throw(transfer.TransientError("HTTP 503")), 2, 0.0, what="x")
+    assert info.value.attempts == 3 and str(info.value.last) == "HTTP 503"
 
 
 def test_unsupported_url_scheme_is_rejected_without_request() -> None:
-    with pytest.raises(web._Permanent, match="unsupported URL: need http:// or https://"):
+    with pytest.raises(transfer.PermanentError, match="unsupported URL: need http:// or https://"):
         web.http_get(None, "ftp://example.org/a.png", 1.0)
 
 
@@ -446,5 +447,5 @@ def test_decode_check_reads_format_and_size() -> None:
     assert web.decode_check(encode(7, 5, 0, "JPEG")) == ("jpg", 7, 5)
     assert web.decode_check(encode(3, 4, 0, "WEBP")) == ("webp", 3, 4)
     truncated = encode(40, 40, 0)[:-30]
-    with pytest.raises(web._Permanent, match="^corrupt image: cannot decode"):
+    with pytest.raises(transfer.PermanentError, match="^corrupt image: cannot decode"):
         web.decode_check(truncated)

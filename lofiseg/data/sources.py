@@ -3,8 +3,9 @@
 A download streams into a temporary sibling of its final name and is renamed into place only when it is
 complete (the byte count matches the server's length) and its sha256 matches the expected digest, so the
 final name never holds a partial or wrong file. Transient failures (connection errors, timeouts, a transfer
-cut short, HTTP 408/429/5xx, S3 throttling and 5xx) are retried with exponential backoff; a 4xx answer and
-a checksum mismatch are not, and raise at once. Every error is a :class:`SourceError` naming the URI.
+cut short, HTTP 408/425/429/5xx, S3 throttling and 5xx) are retried (:mod:`lofiseg.data.transfer`: HTTP with
+exponential backoff, S3 requests by botocore); a 4xx answer and a checksum mismatch are not, and raise at once.
+Every error is a :class:`SourceError` naming the URI.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import os
 import posixpath
 import re
 import shutil
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -25,17 +25,23 @@ from urllib.parse import unquote, urlsplit
 from tqdm import tqdm
 
 from lofiseg.atomic import atomic_write_json
+from lofiseg.data.transfer import (
+    USER_AGENT,
+    PermanentError,
+    RetriesExhausted,
+    TransientError,
+    check_complete,
+    content_length,
+    http_response,
+    s3_client,
+    s3_errors,
+    with_retries,
+)
 
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20
-MAX_BACKOFF_SECONDS = 120.0
-RETRY_HTTP_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
-RETRY_S3_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
-                            "ServiceUnavailable", "RequestTimeTooSkewed"})
-USER_AGENT = "lofiseg-download/0.1"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_sleep: Callable[[float], None] = time.sleep  # indirection so tests can record the backoff delays
 
 
 class SourceError(ValueError):
@@ -56,10 +62,6 @@ class HTTPStatusError(SourceError):
 
 class TransferError(SourceError):
     """Every attempt of a transfer failed with a transient error."""
-
-
-class _Retryable(Exception):
-    """A transient failure of one attempt."""
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
@@ -118,11 +120,6 @@ def file_name(uri: str) -> str:
     return name
 
 
-def _s3_endpoint_description(endpoint_url: str | None) -> str:
-    return (endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-            or "the default AWS endpoint")
-
-
 def _record_path(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.source.json")
 
@@ -151,10 +148,10 @@ def fetch(uri: str, dest_dir: str | os.PathLike, *, sha256: str | None = None, r
     A local folder is returned in place (no copy). A file already there is reused, without any transfer,
     when its sha256 matches ``sha256``, or, with no ``sha256`` given, when it was fetched from the same URI
     (recorded in a hidden ``.<name>.source.json`` beside it). ``retries`` more attempts follow a transient
-    failure, after ``backoff_seconds * 2**k`` seconds (k = 0, 1, ...; at most 120 s). ``timeout_seconds``
-    bounds connecting and each read. S3 uses ``s3_endpoint_url``, else ``AWS_ENDPOINT_URL_S3`` (boto3 reads
-    it itself), and the usual boto3 credentials; with none configured the requests go unsigned (public
-    buckets).
+    failure: over HTTP after ``backoff_seconds * 2**k`` seconds (k = 0, 1, ...; at most 120 s), over S3 per
+    request, by botocore with its own backoff. ``timeout_seconds`` bounds connecting and each read. S3 uses
+    ``s3_endpoint_url``, else ``AWS_ENDPOINT_URL_S3`` (boto3 reads it itself), and the usual boto3 credentials;
+    with none configured the requests go unsigned (public buckets).
     """
     _check_args(uri, sha256, retries, backoff_seconds, timeout_seconds)
     dest_dir = Path(dest_dir)
@@ -165,31 +162,26 @@ def fetch(uri: str, dest_dir: str | os.PathLike, *, sha256: str | None = None, r
     if _reusable(dest, uri, sha256):
         log.info("%s: already fetched, reusing %s", uri, dest)
         return dest
-    if scheme == "http":
-        def attempt(tmp: Path) -> str:
-            return _http_attempt(uri, tmp, dest.name, timeout_seconds, progress)
-        where = uri
-    else:
-        client = _s3_client(s3_endpoint_url, timeout_seconds)
-        bucket, key = split_s3_uri(uri)
-        endpoint = _s3_endpoint_description(s3_endpoint_url)
-
-        def attempt(tmp: Path) -> str:
-            return _s3_attempt(client, bucket, key, uri, endpoint, tmp, progress)
-        where = f"{uri} (endpoint {endpoint})"
     dest_dir.mkdir(parents=True, exist_ok=True)
-    last: Exception | None = None
-    for k in range(retries + 1):
-        if k:
-            delay = min(backoff_seconds * 2 ** (k - 1), MAX_BACKOFF_SECONDS)
-            log.warning("%s: attempt %d/%d failed (%s); retrying in %.1f s", where, k, retries + 1, last, delay)
-            _sleep(delay)
-        try:
-            _atomic_fetch(dest, uri, sha256, attempt)
-            return dest
-        except _Retryable as exc:
-            last = exc
-    raise TransferError(f"{where}: transfer failed after {retries + 1} attempt(s); last error: {last}")
+    try:
+        if scheme == "http":
+            def attempt(tmp: Path) -> str:
+                return _http_attempt(uri, tmp, dest.name, timeout_seconds, progress)
+
+            with_retries(lambda: _atomic_fetch(dest, uri, sha256, attempt), retries, backoff_seconds, what=uri)
+        else:
+            _atomic_fetch(dest, uri, sha256, lambda tmp: _s3_attempt(s3_endpoint_url, uri, tmp, timeout_seconds,
+                                                                     retries, progress))
+    except RetriesExhausted as exc:
+        raise TransferError(f"{uri}: transfer failed after {exc.attempts} attempt(s); last error: {exc.last}") from exc
+    except TransientError as exc:  # S3, after botocore's retries
+        raise TransferError(f"{uri}: transfer failed, with up to {retries + 1} attempt(s) per request; "
+                            f"last error: {exc}") from exc
+    except PermanentError as exc:
+        if exc.status is not None:
+            raise HTTPStatusError(f"{uri}: {exc}", exc.status) from exc
+        raise SourceError(f"{uri}: {exc}") from exc
+    return dest
 
 
 def _reusable(dest: Path, uri: str, sha256: str | None) -> bool:
@@ -281,64 +273,26 @@ def _fetch_local(uri: str, dest_dir: Path, sha256: str | None, progress: bool) -
 # --- http(s) ----------------------------------------------------------------------------------------------
 
 def _http_attempt(url: str, tmp: Path, name: str, timeout: float, progress: bool) -> str:
-    import requests
-
     headers = {"Accept-Encoding": "identity", "User-Agent": USER_AGENT}  # identity: Content-Length = bytes
-    try:
-        with requests.get(url, stream=True, timeout=(timeout, timeout), headers=headers) as resp:
-            if resp.status_code != 200:
-                message = f"{url}: HTTP {resp.status_code} {resp.reason or ''}".rstrip()
-                if resp.status_code in RETRY_HTTP_STATUS:
-                    raise _Retryable(message)
-                raise HTTPStatusError(message, resp.status_code)
-            length = resp.headers.get("Content-Length")
-            expected = int(length) if length and length.isdigit() else None
-            digest, received = hashlib.sha256(), 0
-            with open(tmp, "wb") as fh, _progress_bar(expected, name, progress) as bar:
-                for block in resp.iter_content(CHUNK_BYTES):
-                    fh.write(block)
-                    digest.update(block)
-                    received += len(block)
-                    bar.update(len(block))
-    except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-            requests.exceptions.ContentDecodingError) as exc:
-        raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
-    except requests.RequestException as exc:  # invalid URL and the like: retrying cannot help
-        raise SourceError(f"{url}: {type(exc).__name__}: {exc}") from exc
-    if expected is not None and received != expected:
-        raise _Retryable(f"transfer cut short: received {received} of {expected} bytes")
+    with http_response(url, timeout, headers=headers) as resp:
+        expected = content_length(resp)
+        digest, received = hashlib.sha256(), 0
+        with open(tmp, "wb") as fh, _progress_bar(expected, name, progress) as bar:
+            for block in resp.iter_content(CHUNK_BYTES):
+                fh.write(block)
+                digest.update(block)
+                received += len(block)
+                bar.update(len(block))
+    check_complete(received, expected)
     return digest.hexdigest()
 
 
 # --- s3 ---------------------------------------------------------------------------------------------------
 
-def _s3_client(endpoint_url: str | None, timeout: float):
-    import boto3
-    from botocore import UNSIGNED
-    from botocore.config import Config
-
-    config = Config(retries={"total_max_attempts": 1, "mode": "standard"},  # fetch() retries, with backoff
-                    connect_timeout=timeout, read_timeout=timeout)
-    session = boto3.session.Session()
-    if session.get_credentials() is None:
-        config = config.merge(Config(signature_version=UNSIGNED))
-    return session.client("s3", endpoint_url=endpoint_url, config=config)
-
-
-def _s3_attempt(client, bucket: str, key: str, uri: str, endpoint: str, tmp: Path, progress: bool) -> str:
-    from botocore.exceptions import (
-        BotoCoreError,
-        ClientError,
-        HTTPClientError,
-        IncompleteReadError,
-        ResponseStreamingError,
-    )
-    from botocore.exceptions import ConnectionError as BotoConnectionError
-    from urllib3.exceptions import HTTPError as Urllib3Error
-
-    transient = (BotoConnectionError, HTTPClientError, IncompleteReadError, ResponseStreamingError, Urllib3Error,
-                 ConnectionError)
-    try:
+def _s3_attempt(endpoint_url: str | None, uri: str, tmp: Path, timeout: float, retries: int, progress: bool) -> str:
+    bucket, key = split_s3_uri(uri)
+    client = s3_client(endpoint_url, timeout_seconds=timeout, retries=retries)
+    with s3_errors("GET", client.meta.endpoint_url):
         resp = client.get_object(Bucket=bucket, Key=key)
         expected = resp.get("ContentLength")
         digest, received = hashlib.sha256(), 0
@@ -348,18 +302,5 @@ def _s3_attempt(client, bucket: str, key: str, uri: str, endpoint: str, tmp: Pat
                 digest.update(block)
                 received += len(block)
                 bar.update(len(block))
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", "?"))
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        message = f"{uri}: S3 error {code} (HTTP {status}) from endpoint {endpoint}: {error.get('Message', '')}"
-        if code in RETRY_S3_CODES or (isinstance(status, int) and status >= 500):
-            raise _Retryable(message) from exc
-        raise SourceError(message.rstrip(": ")) from exc
-    except transient as exc:
-        raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
-    except BotoCoreError as exc:
-        raise SourceError(f"{uri}: S3 request to endpoint {endpoint} failed: {exc}") from exc
-    if expected is not None and received != expected:
-        raise _Retryable(f"transfer cut short: received {received} of {expected} bytes")
+    check_complete(received, expected)
     return digest.hexdigest()

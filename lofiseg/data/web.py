@@ -5,8 +5,8 @@ local folder, an S3 prefix, or a manifest of image URLs (e.g. an exported web im
 pass every check form ONE lofiseg data set, each tagged with its class name: the training data of the
 regularized-loss weak supervision from image-level tags (web images per class, Veksler's Sec. 4.3).
 
-Checks, in this order: the transfer (HTTP status, retries with exponential backoff on transient failures, a
-per-request timeout), the Content-Type (``image/*``, URLs only), the decode (``PIL.Image.load`` and RGB
+Checks, in this order: the transfer (:mod:`lofiseg.data.transfer`: HTTP status, retries on transient failures,
+a per-request timeout), the Content-Type (``image/*``, URLs only), the decode (``PIL.Image.load`` and RGB
 conversion), the size (both sides >= ``min_side``) and de-duplication by the sha256 of the bytes, within and
 across classes: the first occurrence in (class order in params, source order) wins. Every rejected item is
 reported with its reason.
@@ -27,13 +27,12 @@ import logging
 import math
 import os
 import threading
-import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -42,13 +41,18 @@ from tqdm import tqdm
 
 from lofiseg.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from lofiseg.data.format import Dataset, DatasetWriter, encode_png, read_mask, sha256_bytes
-from lofiseg.data.sources import (
-    MAX_BACKOFF_SECONDS,
-    RETRY_HTTP_STATUS,
-    RETRY_S3_CODES,
+from lofiseg.data.sources import SourceError
+from lofiseg.data.transfer import (
     USER_AGENT,
-    SourceError,
-    _s3_endpoint_description,
+    PermanentError,
+    RetriesExhausted,
+    TransientError,
+    check_complete,
+    content_length,
+    http_response,
+    s3_client,
+    s3_errors,
+    with_retries,
 )
 
 log = logging.getLogger(__name__)
@@ -59,8 +63,6 @@ MAX_IMAGE_BYTES = 64 << 20  # a larger answer is no web image: rejected without 
 CHUNK_BYTES = 1 << 16
 _FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "GIF": "gif", "TIFF": "tif"}
 _KEPT_EXT = frozenset({"jpg", "png"})  # written byte for byte; other formats are re-encoded as PNG
-_sleep: Callable[[float], None] = time.sleep  # indirection so tests can record the backoff delays
-T = TypeVar("T")
 
 
 # --- settings -----------------------------------------------------------------------------------------------
@@ -127,14 +129,6 @@ class WebReport:
 
 # --- one item: fetch, decode ------------------------------------------------------------------------------
 
-class _Permanent(Exception):
-    """Retrying cannot help (HTTP 4xx, not an image, corrupt): recorded in the index, never fetched again."""
-
-
-class _Transient(Exception):
-    """One attempt failed in a way the next may not (timeout, connection, 5xx)."""
-
-
 @dataclass(frozen=True)
 class _Candidate:
     source: str  # URL, s3://bucket/key or file path: the report's and the index's key
@@ -163,132 +157,39 @@ class _Outcome:
                       if k in entry})
 
 
-def retry_delays(retries: int, backoff_seconds: float) -> list[float]:
-    """The pause before each retry: ``backoff * 2**(k-1)`` for retry k = 1..retries, capped at 120 s."""
-    return [min(backoff_seconds * 2 ** (k - 1), MAX_BACKOFF_SECONDS) for k in range(1, retries + 1)]
-
-
-def _with_retries(attempt: Callable[[], T], retries: int, backoff_seconds: float) -> T:
-    """Run ``attempt``; after a :class:`_Transient` failure pause and run it again, ``retries`` more times."""
-    delays = retry_delays(retries, backoff_seconds)
-    for k in range(retries + 1):
-        if k:
-            _sleep(delays[k - 1])
-        try:
-            return attempt()
-        except _Transient as exc:
-            last = exc
-    raise _Transient(f"{last} ({retries + 1} attempt(s); tried again on the next run)")
-
-
-def _is_timeout(exc: BaseException) -> bool:
-    """Whether a timeout is anywhere in the exception's chain (requests wraps urllib3's read timeouts)."""
-    from urllib3.exceptions import TimeoutError as Urllib3Timeout
-
-    stack, seen = [exc], set()
-    while stack:
-        item = stack.pop()
-        if id(item) in seen:
-            continue
-        seen.add(id(item))
-        if isinstance(item, Urllib3Timeout | TimeoutError):
-            return True
-        stack.extend(x for x in (item.__cause__, item.__context__, *item.args) if isinstance(x, BaseException))
-    return False
-
-
 def http_get(session: Any, url: str, timeout_seconds: float) -> bytes:
-    """One GET of an image URL: the body, or :class:`_Permanent` / :class:`_Transient` naming the failure."""
-    import requests
-
-    if urlsplit(url).scheme.lower() not in ("http", "https"):
-        raise _Permanent("unsupported URL: need http:// or https://")
-    try:
-        with session.get(url, timeout=(timeout_seconds, timeout_seconds), stream=True) as resp:
-            status = resp.status_code
-            if not 200 <= status < 300:
-                reason = f"HTTP {status} {resp.reason or ''}".rstrip()
-                raise (_Transient if status in RETRY_HTTP_STATUS or status >= 500 else _Permanent)(reason)
-            content_type = resp.headers.get("Content-Type", "")
-            if not content_type.split(";", 1)[0].strip().lower().startswith("image/"):
-                raise _Permanent(f"not an image: Content-Type {content_type!r}, expected image/*")
-            length = resp.headers.get("Content-Length", "")
-            expected = int(length) if length.isdigit() else None
-            if expected is not None and expected > MAX_IMAGE_BYTES:
-                raise _Permanent(f"too large: {expected} bytes > {MAX_IMAGE_BYTES}")
-            chunks, received = [], 0
-            for block in resp.iter_content(CHUNK_BYTES):
-                received += len(block)
-                if received > MAX_IMAGE_BYTES:
-                    raise _Permanent(f"too large: more than {MAX_IMAGE_BYTES} bytes")
-                chunks.append(block)
-    except requests.RequestException as exc:
-        if _is_timeout(exc):
-            raise _Transient(f"timeout: no answer within {timeout_seconds:g} s") from exc
-        if isinstance(exc, requests.ConnectionError | requests.exceptions.ChunkedEncodingError
-                      | requests.exceptions.ContentDecodingError):
-            raise _Transient(f"connection error: {type(exc).__name__}: {exc}") from exc
-        raise _Permanent(f"request error: {type(exc).__name__}: {exc}") from exc  # invalid URL and the like
-    if expected is not None and received != expected:
-        raise _Transient(f"transfer cut short: received {received} of {expected} bytes")
+    """One GET of an image URL: the body, or :class:`~lofiseg.data.transfer.PermanentError` /
+    :class:`~lofiseg.data.transfer.TransientError` naming the failure."""
+    with http_response(url, timeout_seconds, session=session) as resp:
+        content_type = resp.headers.get("Content-Type", "")
+        if not content_type.split(";", 1)[0].strip().lower().startswith("image/"):
+            raise PermanentError(f"not an image: Content-Type {content_type!r}, expected image/*")
+        expected = content_length(resp)
+        if expected is not None and expected > MAX_IMAGE_BYTES:
+            raise PermanentError(f"too large: {expected} bytes > {MAX_IMAGE_BYTES}")
+        chunks, received = [], 0
+        for block in resp.iter_content(CHUNK_BYTES):
+            received += len(block)
+            if received > MAX_IMAGE_BYTES:
+                raise PermanentError(f"too large: more than {MAX_IMAGE_BYTES} bytes")
+            chunks.append(block)
+    check_complete(received, expected)
     return b"".join(chunks)
 
 
 def decode_check(data: bytes) -> tuple[str, int, int]:
     """(extension, width, height) of image bytes that PIL decodes fully and converts to RGB, else
-    :class:`_Permanent` ``corrupt image: ...``."""
+    :class:`~lofiseg.data.transfer.PermanentError` ``corrupt image: ...``."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
             width, height, fmt = im.width, im.height, im.format or ""
             im.convert("RGB")
     except Image.DecompressionBombError as exc:
-        raise _Permanent(f"too large to decode: {exc}") from exc
+        raise PermanentError(f"too large to decode: {exc}") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise _Permanent(f"corrupt image: cannot decode ({exc})") from exc
+        raise PermanentError(f"corrupt image: cannot decode ({exc})") from exc
     return _FORMAT_EXT.get(fmt, fmt.lower() or "img"), width, height
-
-
-def _s3_client(endpoint_url: str | None, timeout: float, pool: int) -> Any:
-    """As :func:`lofiseg.data.sources._s3_client`, with a connection pool sized for the worker threads."""
-    import boto3
-    from botocore import UNSIGNED
-    from botocore.config import Config
-
-    config = Config(retries={"total_max_attempts": 1, "mode": "standard"}, connect_timeout=timeout,
-                    read_timeout=timeout, max_pool_connections=max(pool, 10))
-    session = boto3.session.Session()
-    if session.get_credentials() is None:
-        config = config.merge(Config(signature_version=UNSIGNED))
-    return session.client("s3", endpoint_url=endpoint_url, config=config)
-
-
-def _s3_call(call: Callable[[], T], what: str, endpoint: str) -> T:
-    """Run one S3 call, translating botocore's errors into :class:`_Permanent` / :class:`_Transient`."""
-    from botocore.exceptions import (
-        BotoCoreError,
-        ClientError,
-        HTTPClientError,
-        IncompleteReadError,
-        ResponseStreamingError,
-    )
-    from botocore.exceptions import ConnectionError as BotoConnectionError
-    from urllib3.exceptions import HTTPError as Urllib3Error
-
-    try:
-        return call()
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", "?"))
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        message = f"S3 error {code} (HTTP {status}) on {what} at endpoint {endpoint}: {error.get('Message', '')}"
-        transient = code in RETRY_S3_CODES or (isinstance(status, int) and status >= 500)
-        raise (_Transient if transient else _Permanent)(message.rstrip(": ")) from exc
-    except (BotoConnectionError, HTTPClientError, IncompleteReadError, ResponseStreamingError, Urllib3Error,
-            ConnectionError, TimeoutError) as exc:
-        raise _Transient(f"{type(exc).__name__} on {what} at endpoint {endpoint}: {exc}") from exc
-    except BotoCoreError as exc:
-        raise _Permanent(f"S3 request {what} to endpoint {endpoint} failed: {exc}") from exc
 
 
 # --- listing the sources of a class -----------------------------------------------------------------------
@@ -326,30 +227,25 @@ def list_local_images(folder: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 
-def list_s3_images(client: Any, uri: str, endpoint: str, retries: int, backoff_seconds: float) -> list[_Candidate]:
+def list_s3_images(client: Any, uri: str) -> list[_Candidate]:
     """The image objects (by suffix, as :func:`list_local_images`) under ``s3://bucket/prefix``, sorted by key.
 
-    The listing is retried as a whole after a transient failure; the final failure raises
-    :class:`~lofiseg.data.sources.SourceError` naming the prefix and the endpoint.
+    botocore retries each page request; the final failure raises :class:`~lofiseg.data.sources.SourceError`
+    naming the prefix and the endpoint.
     """
     parts = urlsplit(uri)
     bucket, prefix = parts.netloc, parts.path.lstrip("/")
-
-    def listing() -> list[_Candidate]:
-        def pages() -> list[dict[str, Any]]:
-            paginator = client.get_paginator("list_objects_v2")
-            return [obj for page in paginator.paginate(Bucket=bucket, Prefix=prefix)
-                    for obj in page.get("Contents", [])]
-
-        objects = _s3_call(pages, f"listing {uri}", endpoint)
-        keys = [(o["Key"], str(o.get("ETag", ""))) for o in objects
-                if Path(o["Key"]).suffix.lower() in IMAGE_SUFFIXES and not o["Key"].endswith("/")]
-        return [_Candidate(f"s3://{bucket}/{key}", etag) for key, etag in sorted(keys)]
-
+    endpoint = client.meta.endpoint_url
     try:
-        return _with_retries(listing, retries, backoff_seconds)
-    except (_Permanent, _Transient) as exc:
+        with s3_errors(f"listing {uri}", endpoint):
+            paginator = client.get_paginator("list_objects_v2")
+            objects = [obj for page in paginator.paginate(Bucket=bucket, Prefix=prefix)
+                       for obj in page.get("Contents", [])]
+    except (PermanentError, TransientError) as exc:
         raise SourceError(f"cannot list {uri} at S3 endpoint {endpoint}: {exc}") from exc
+    keys = [(o["Key"], str(o.get("ETag", ""))) for o in objects
+            if Path(o["Key"]).suffix.lower() in IMAGE_SUFFIXES and not o["Key"].endswith("/")]
+    return [_Candidate(f"s3://{bucket}/{key}", etag) for key, etag in sorted(keys)]
 
 
 # --- the per-class cache index ----------------------------------------------------------------------------
@@ -459,12 +355,10 @@ class _Collector:
     @property
     def s3(self) -> Any:
         if self._s3 is None:  # boto3 clients are thread-safe; creating one is not: done here, once
-            self._s3 = _s3_client(self.s3_endpoint_url, self.params.timeout_seconds, self.params.workers)
+            p = self.params
+            self._s3 = s3_client(self.s3_endpoint_url, timeout_seconds=p.timeout_seconds, retries=p.retries,
+                                 max_connections=p.workers)
         return self._s3
-
-    @property
-    def endpoint(self) -> str:
-        return _s3_endpoint_description(self.s3_endpoint_url)
 
     def _candidates(self, name: str, source: WebSource) -> list[_Candidate]:
         assert source.path is not None
@@ -472,33 +366,27 @@ class _Collector:
             return [_Candidate(url) for url in read_url_manifest(source.path)]
         if source.kind == "local":
             return [_Candidate(str(p)) for p in list_local_images(source.path)]
-        return list_s3_images(self.s3, source.path, self.endpoint, self.params.retries, self.params.backoff_seconds)
+        return list_s3_images(self.s3, source.path)
 
     def _download(self, kind: str, candidate: _Candidate) -> bytes:
         p = self.params
         if kind == "urls":
-            return _with_retries(lambda: http_get(self.sessions.get(), candidate.source, p.timeout_seconds),
-                                 p.retries, p.backoff_seconds)
-        if kind == "s3":
+            return with_retries(lambda: http_get(self.sessions.get(), candidate.source, p.timeout_seconds),
+                                p.retries, p.backoff_seconds, what=candidate.source)
+        if kind == "s3":  # botocore retries the request
             parts = urlsplit(candidate.source)
-
-            def get() -> bytes:
-                def read() -> bytes:
-                    body = self.s3.get_object(Bucket=parts.netloc, Key=parts.path.lstrip("/"))["Body"]
-                    try:
-                        return body.read(MAX_IMAGE_BYTES + 1)
-                    finally:
-                        body.close()
-
-                data = _s3_call(read, f"GET {candidate.source}", self.endpoint)
-                if len(data) > MAX_IMAGE_BYTES:
-                    raise _Permanent(f"too large: more than {MAX_IMAGE_BYTES} bytes")
-                return data
-
-            return _with_retries(get, p.retries, p.backoff_seconds)
+            with s3_errors(f"GET {candidate.source}", self.s3.meta.endpoint_url):
+                body = self.s3.get_object(Bucket=parts.netloc, Key=parts.path.lstrip("/"))["Body"]
+                try:
+                    data = body.read(MAX_IMAGE_BYTES + 1)
+                finally:
+                    body.close()
+            if len(data) > MAX_IMAGE_BYTES:
+                raise PermanentError(f"too large: more than {MAX_IMAGE_BYTES} bytes")
+            return data
         path = Path(candidate.source)
         if path.stat().st_size > MAX_IMAGE_BYTES:
-            raise _Permanent(f"too large: {path.stat().st_size} bytes > {MAX_IMAGE_BYTES}")
+            raise PermanentError(f"too large: {path.stat().st_size} bytes > {MAX_IMAGE_BYTES}")
         return path.read_bytes()
 
     def _acquire(self, kind: str, candidate: _Candidate, index: _Index | None) -> _Outcome:
@@ -510,10 +398,12 @@ class _Collector:
             if index is not None:
                 atomic_write_bytes(index.folder / f"{digest}.{ext}", data)
             outcome = _Outcome("ok", sha256=digest, ext=ext, width=width, height=height, etag=candidate.etag)
-        except _Permanent as exc:
+        except PermanentError as exc:
             outcome = _Outcome("rejected", reason=str(exc), etag=candidate.etag)
-        except _Transient as exc:
-            outcome = _Outcome("failed", reason=str(exc))
+        except RetriesExhausted as exc:
+            outcome = _Outcome("failed", reason=f"{exc.last} ({exc.attempts} attempt(s); tried again on the next run)")
+        except TransientError as exc:  # S3, after botocore's retries
+            outcome = _Outcome("failed", reason=f"{exc} (tried again on the next run)")
         except OSError as exc:  # a local file that vanished or cannot be read, a full cache disk
             outcome = _Outcome("failed", reason=f"cannot read or cache: {exc}")
         except Exception as exc:  # one odd item of user-supplied input must not stop the whole collection

@@ -1,6 +1,7 @@
 """The MLflow model registry: register a model bundle, gate its promotion, promote or roll back by hand.
 
-With :mod:`lofiseg.track.tracking`, the only module of lofiseg that imports mlflow (lazily, through it).
+Part of :mod:`lofiseg.track`, the only package of lofiseg that imports mlflow (lazily, through
+:func:`lofiseg.track.store.import_mlflow`).
 
 Each registration is a ``register-<name>`` run that logs the bundle's model with its signature and an input
 example, then becomes a new version of the registered model ``name`` with alias ``challenger`` and tags: the
@@ -25,7 +26,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from lofiseg.track import tracking
+from lofiseg.track.store import check_store, default_tracking_uri, import_mlflow
+from lofiseg.track.tracker import Tracker
 
 if TYPE_CHECKING:
     import torch
@@ -163,16 +165,16 @@ def _float_tag(tags: Mapping[str, str], key: str) -> float | None:
 # --- the registry -------------------------------------------------------------------------------------------
 
 class Registry:
-    """The MLflow registry at ``uri`` (default: :func:`lofiseg.track.tracking.default_tracking_uri` of the cwd).
+    """The MLflow registry at ``uri`` (default: :func:`lofiseg.track.store.default_tracking_uri` of the cwd).
 
     The store is checked at construction: an unusable one raises :class:`TrackingUnavailable` within about
     ``timeout_s`` (twice that for http).
     """
 
     def __init__(self, uri: str | None = None, timeout_s: float = 5.0) -> None:
-        self.uri = uri or tracking.default_tracking_uri(Path.cwd())
-        tracking.check_store(self.uri, timeout_s)
-        self.client = tracking._mlflow().MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        self.uri = uri or default_tracking_uri(Path.cwd())
+        check_store(self.uri, timeout_s)
+        self.client = import_mlflow().MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
 
     # -- reading
 
@@ -232,7 +234,7 @@ class Registry:
 
         ``metrics`` ("/"-path -> value, the gate metric among them) are logged to the run and tagged on the
         version; ``eval_set`` is the evaluation set's hash (None: unknown); ``tags`` (e.g.
-        :func:`lofiseg.track.tracking.standard_tags`) go on both. Returns (version, register run id).
+        :func:`lofiseg.provenance.standard_tags`) go on both. Returns (version, register run id).
         """
         if gate_metric not in metrics:
             raise ValueError(f"metrics: the gate metric {gate_metric!r} is missing; got {sorted(metrics)}")
@@ -252,7 +254,7 @@ class Registry:
         if info.get("mlflow_run_id"):
             version_tags[TAG_SOURCE_RUN] = str(info["mlflow_run_id"])
         run_tags = {**version_tags, "lofiseg.stage": "register", "lofiseg.registered_model": name}
-        with tracking.Tracker(experiment, f"register-{name}", uri=self.uri, tags=run_tags) as tracker:
+        with Tracker(experiment, f"register-{name}", uri=self.uri, tags=run_tags) as tracker:
             tracker.log_params({"bundle": str(bundle), "model_config": getattr(getattr(model, "model", model), "config", {}),
                                 "gate": {"metric": gate_metric, "direction": direction,
                                          "min_improvement": min_improvement}})
