@@ -15,8 +15,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from lofiseg.config import load_params
@@ -24,7 +22,7 @@ from lofiseg.data.format import IGNORE, Dataset, DatasetFormatError, DatasetWrit
 from lofiseg.data.labels import class_names_json
 from lofiseg.data.loading import load_split
 from lofiseg.infer.dense_crf import CRFParams
-from lofiseg.infer.predict import predict_probs
+from lofiseg.infer.predict import predict_probs, resize_probs
 from lofiseg.infer.pseudo_labels import pseudo_label
 from lofiseg.models.bundle import load_bundle
 from lofiseg.train.loop import resolve_device
@@ -32,13 +30,6 @@ from stages.cli import log, run, stage_parser
 
 EXTRA_FIELDS = ("class", "class_id", "foreground_fraction", "ignored_fraction")
 INFO_FILE = "pseudo_label.json"
-
-
-def upsample(probs: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(M, S, S) probabilities -> (M, height, width), bilinear (a convex combination: still sums to 1)."""
-    if probs.shape[-2:] == (height, width):
-        return probs
-    return F.interpolate(probs[None], size=(height, width), mode="bilinear", align_corners=False)[0]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -80,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             for record, sample_probs in zip(chunk, probs, strict=True):
                 image = data.image(record)
                 height, width = image.shape[:2]
-                foreground = upsample(sample_probs[channel:channel + 1], height, width)[0]
+                foreground = resize_probs(sample_probs[channel:channel + 1], height, width)[0]
                 labels = pseudo_label(foreground.clamp(0.0, 1.0), class_id, cfg.confidence, image=image, crf=crf)
                 fg, ignored = int((labels == class_id).sum()), int((labels == IGNORE).sum())
                 image_path = data.root / record.image
