@@ -3,7 +3,8 @@
 CAS paper Sec. 5.1 / Appendix C: for each image, with probability p, the region labels are permuted
 (foreground <-> background for a binary mask); segment geometry is never changed. Each image draws one
 uniform number u from its own stream, and is flipped when u < p, so the images flipped at a lower rate are a
-subset of those flipped at a higher rate: the noisy copies differ only by the rate.
+subset of those flipped at a higher rate: the noisy copies differ only by the rate. :func:`make_noisy_copy`
+writes such a copy of a whole data set (train split only; val and test stay clean).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The class-X CNN runs on the X web images; a pixel it labels salient (object) gets X's id in the multi-class
 label space, the rest stays background 0. Optionally the two-class probabilities are refined with a dense CRF
 first, and pixels whose (refined) decision is less sure than ``confidence`` become 255 (ignore), so the
-multi-class network is not trained on them.
+multi-class network is not trained on them. :func:`label_images` does it for a list of images, batched.
 """
 
 from __future__ import annotations
