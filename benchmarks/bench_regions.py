@@ -9,8 +9,8 @@ benchmarks/results/bench_regions.md.
    mean-shift (discriminative, d = 16), projective multi-resolution (128 px + 256 px); with and without the
    dense-CRF merge of regions < 2 %. Median of ``REPEATS`` calls after a warm-up, 1 torch thread.
 2. The four methods trained with the default params.yaml (train_regions: 8 epochs at 64 px, lite0 U-Net) on
-   the default synthetic regions set (generated into a temporary folder), evaluated on its test split by the
-   evaluate_regions stage code; plus inference variants of the same models (CAS with k-means, projective
+   the default synthetic regions set (generated into a temporary folder), evaluated on its test split as the
+   evaluate_regions stage does (lofiseg.evaluate.regions); plus inference variants of the same models (CAS with k-means, projective
    with multi-resolution refinement). MLflow store and all files under a temporary folder.
 """
 
@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,13 @@ from lofiseg.config import load_params
 from lofiseg.data.format import Dataset, DatasetWriter
 from lofiseg.data.loading import load_split
 from lofiseg.data.synthetic import generate_regions, render_regions
-from lofiseg.infer.regions import RegionEvaluator, RegionSettings, cluster, segment, segment_images
+from lofiseg.infer.regions import (
+    RegionEvaluator,
+    RegionSettings,
+    cluster,
+    segment,
+    segment_images,
+)
 from lofiseg.metrics.bsds import ground_truth_covering
 from lofiseg.viz.figures import markdown_table
 
@@ -115,7 +122,8 @@ def speed_table() -> str:
 
 
 def metrics_table(workdir: Path) -> tuple[str, str]:
-    from stages.evaluate_regions import evaluate_regions, table2, table6
+    from lofiseg.evaluate.regions import score_region_models
+    from lofiseg.viz.regions_report import contour_region_table, segment_table
     from stages.train_regions import train_regions
 
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{workdir}/mlflow.db")
@@ -132,14 +140,16 @@ def metrics_table(workdir: Path) -> tuple[str, str]:
         start = time.perf_counter()
         train_regions(params, method, raw, workdir / "models" / method, workdir / "checkpoints")
         timings[method] = time.perf_counter() - start
-    metrics, _ = evaluate_regions(params, workdir / "models", raw, workdir / "metrics" / "regions.json",
-                                  workdir / "reports")
+    by_set, _ = score_region_models(workdir / "models", params.train_regions.methods,
+                                    {"regions": Dataset(raw / "regions")},
+                                    partial(params.train_regions.region_settings, params.seed),
+                                    params.evaluate.batch_size, 0)
 
     from lofiseg.models.bundle import load_bundle
 
     dataset = Dataset(raw / "regions")
     records = dataset.split("test")
-    scores = {m: {k: metrics[m][k] for k in metrics[m] if not isinstance(metrics[m][k], dict)} for m in metrics}
+    scores = dict(by_set["regions"])
     base = params.train_regions.region_settings(params.seed)
     variants = {"cas (k-means 20)": ("cas", replace(base, clustering="kmeans")),
                 "projective (multi-res 64 + 128 px)": ("projective", replace(base, scales=(1.0, 2.0)))}
@@ -156,7 +166,7 @@ def metrics_table(workdir: Path) -> tuple[str, str]:
              f"d = {cfg.embedding_dim}; synthetic regions set {synthetic.regions.train}/{synthetic.regions.val}/"
              f"{synthetic.regions.test} images, {synthetic.regions.min_regions}-{synthetic.regions.max_regions} "
              f"regions. Training wall time (s): " + ", ".join(f"{m} {t:.0f}" for m, t in timings.items()) + ".\n")
-    return setup, f"{table6(scores)}\n{table2(scores)}"
+    return setup, f"{contour_region_table(scores)}\n{segment_table(scores)}"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -36,9 +36,10 @@ from lofiseg.atomic import atomic_write_json, atomic_write_text
 from lofiseg.config import Params, parse_params
 from lofiseg.data.format import Dataset, DatasetWriter
 from lofiseg.data.labels import class_names_json, web_truth_labels
+from lofiseg.evaluate.semantic import score_deeplab, score_pseudo_labels, score_single_class
 from lofiseg.viz.figures import markdown_table
 from stages import download, pseudo_gt, pseudo_label, train_deeplab, train_single, web
-from stages.evaluate_semantic import score_deeplab, score_pseudo_labels, score_single_class
+from stages.evaluate_semantic import deeplab_scoring
 
 PROJECT = Path(__file__).resolve().parent.parent
 RESULT = PROJECT / "benchmarks" / "results" / "bench_semantic_levers.md"
@@ -272,12 +273,12 @@ def score(chain: Chain, run: dict, upper: float) -> dict:
     data = Dataset(chain.web)
     out: dict[str, Any] = {"stages": {k: {"seconds": s, "fresh": f} for k, (s, f) in run["stages"].items()}}
     if "single" in run:
-        out["single_class"] = score_single_class(params, data, run["single"])
+        out["single_class"] = score_single_class(data, list(params.web.classes), run["single"], params.evaluate.batch_size)
         out["fg_test"] = {cls: test_scores(run["single"] / cls / "reg", data) for cls in params.web.classes}
         pseudo = Dataset(run["pseudo"])
-        out["pseudo_labels"] = score_pseudo_labels(params, data, pseudo)
+        out["pseudo_labels"] = score_pseudo_labels(data, pseudo, params.semantic_classes())
         out["fractions"] = fraction_stats(params, data, pseudo)
-    by_set, _ = score_deeplab(params, chain.raw, run["deeplab"])
+    by_set, _ = score_deeplab(run["deeplab"], chain.raw, deeplab_scoring(params))
     out["deeplab_pseudo"] = by_set[params.evaluate.semantic_sets[0]]
     out["ratio"] = out["deeplab_pseudo"]["miou"] / upper
     return out
@@ -378,7 +379,7 @@ def main() -> None:
     if args.upper_miou is not None:
         upper = {"miou": args.upper_miou, "source": f"`{upper_path}` as scored earlier (--upper-miou)"}
     else:
-        upper_scores, _ = score_deeplab(base_params, chain.raw, upper_path)
+        upper_scores, _ = score_deeplab(upper_path, chain.raw, deeplab_scoring(base_params))
         upper = {"miou": upper_scores[base_params.evaluate.semantic_sets[0]]["miou"], "source": f"`{upper_path}`"}
     results_file = work / "results.json"
     previous = json.loads(results_file.read_text()) if results_file.is_file() else {}

@@ -29,9 +29,10 @@ import yaml
 from benchmarks.bench_semantic_levers import params_with, work_folder
 from lofiseg.atomic import atomic_write_json, atomic_write_text
 from lofiseg.config import parse_params
+from lofiseg.evaluate.semantic import score_deeplab
 from lofiseg.viz.figures import markdown_table
 from stages import train_deeplab
-from stages.evaluate_semantic import score_deeplab
+from stages.evaluate_semantic import deeplab_scoring
 
 PROJECT = Path(__file__).resolve().parent.parent
 RESULT = PROJECT / "benchmarks" / "results" / "bench_test_time.md"
@@ -156,7 +157,7 @@ def main() -> None:
             started = time.perf_counter()
             entry: dict[str, float] = {}
             for supervision, path in bundles.items():
-                by_set, _ = score_deeplab(params[name], PROJECT / "data" / "raw", path, args.split)
+                by_set, _ = score_deeplab(path, PROJECT / "data" / "raw", deeplab_scoring(params[name]), args.split)
                 entry[supervision] = by_set[params[name].evaluate.semantic_sets[0]]["miou"]
             entry["seconds"] = time.perf_counter() - started
             scores[name][seed] = entry

@@ -2,9 +2,9 @@
 
 Each method of ``train_regions.methods`` (model ``<models>/<method>/model.pt``) segments the test images of
 every set in ``evaluate.regions_sets`` at the model's training size with the method's inference routine
-(:mod:`lofiseg.infer.regions`); the label maps are resized (nearest) to the ground truth and scored with
-BSDS covering, Rand index, variation of information, boundary F (all human segmentations of a BSDS image)
-and Dille et al.'s recall at IoU > 0.5, matched mIoU and boundary IoU.
+(:mod:`lofiseg.infer.regions`); :mod:`lofiseg.evaluate.regions` resizes the label maps (nearest) to the ground
+truth and scores them with BSDS covering, Rand index, variation of information, boundary F (all human
+segmentations of a BSDS image) and Dille et al.'s recall at IoU > 0.5, matched mIoU and boundary IoU.
 
 Outputs: ``metrics/regions.json`` shaped ``{method: {covering, rand_index, vi, boundary_f, recall50,
 miou_matched, boundary_iou}}`` for the first set of ``evaluate.regions_sets``; further sets are nested in
@@ -19,69 +19,20 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from lofiseg.atomic import atomic_write_json, atomic_write_text
 from lofiseg.config import Params, load_params
-from lofiseg.data.format import Dataset, Record, read_mask
-from lofiseg.data.layouts import ALT_MASKS_FIELD
-from lofiseg.data.loading import load_split
-from lofiseg.infer.regions import RegionEvaluator, resize_labels, segment_images
-from lofiseg.models.bundle import load_bundle
+from lofiseg.data.format import Dataset
+from lofiseg.evaluate.regions import metrics_by_method, score_region_models
 from lofiseg.provenance import standard_tags
 from lofiseg.track.tracker import Tracker
-from lofiseg.viz.figures import markdown_table
 from lofiseg.viz.images import image_grid, random_colours, save_png
-from stages.cli import flatten_metrics, log, run, stage_parser
-
-
-def ground_truths(dataset: Dataset, record: Record) -> list[np.ndarray]:
-    """The record's mask, then its further human segmentations (BSDS ``alt_masks``), as int64 maps."""
-    masks = [dataset.mask(record)]
-    alt = record.extra.get(ALT_MASKS_FIELD, "")
-    masks += [read_mask(dataset.root / rel) for rel in alt.split(";") if rel]
-    return [m.astype(np.int64) for m in masks]
-
-
-def evaluate_set(model, info: dict, method: str, dataset: Dataset, params: Params, name: str,
-                 batch_size: int) -> tuple[dict[str, float], list[np.ndarray]]:
-    records = dataset.split("test")
-    if not records:
-        raise ValueError(f"{dataset.root}: evaluate.regions_sets {name!r} has no test split")
-    split = load_split(dataset, records, info["image_size"], with_masks=False, desc=f"load {name}")
-    settings = params.train_regions.region_settings(params.seed, info)
-    labels = segment_images(model, method, split.images, settings, batch_size, desc=f"{method} on {name}")
-    evaluator = RegionEvaluator()
-    resized = []
-    for record, pred in zip(records, labels, strict=True):
-        gts = ground_truths(dataset, record)
-        evaluator.update(pred, gts)
-        resized.append(resize_labels(pred, gts[0].shape))
-    return evaluator.compute(), resized
-
-
-def table6(scores: dict[str, dict[str, float]]) -> str:
-    """CAS paper Table 6 layout: contour F and region metrics, ODS and OIS, one row per method."""
-    header = ["method", "F-meas. ODS", "F-meas. OIS", "GT-cov. ODS", "GT-cov. OIS", "Rand. Index ODS",
-              "Rand. Index OIS", "Var. Info. ODS", "Var. Info. OIS"]
-    rows = []
-    for method, s in scores.items():
-        cells = [s["boundary_f"], s["covering"], s["rand_index"], s["vi"]]
-        rows.append([method] + [f"{v:.2f}" for v in cells for _ in range(2)])
-    return markdown_table(header, rows)
-
-
-def table2(scores: dict[str, dict[str, float]]) -> str:
-    """Dille et al. Table 2 layout: mIoU, boundary IoU, recall and recall gain over the lowest-recall method."""
-    lowest = min(s["recall50"] for s in scores.values())
-    rows = []
-    for method, s in scores.items():
-        gain = 100.0 * (s["recall50"] - lowest) / lowest if lowest > 0 else float("nan")
-        rows.append([method, f"{s['miou_matched']:.3f}", f"{s['boundary_iou']:.3f}", f"{s['recall50']:.3f}",
-                     f"{gain:.0f}"])
-    return markdown_table(["method", "mIoU", "B. IoU", "Recall", "Delta %"], rows)
+from lofiseg.viz.regions_report import contour_region_table, segment_table
+from stages.cli import flatten_metrics, run, stage_parser
 
 
 def evaluate_regions(params: Params, models_root: Path, raw: Path, metrics_path: Path,
@@ -89,37 +40,24 @@ def evaluate_regions(params: Params, models_root: Path, raw: Path, metrics_path:
     cfg = params.evaluate
     methods = params.train_regions.methods
     sets = {name: Dataset(raw / name) for name in cfg.regions_sets}
-    by_set: dict[str, dict[str, dict[str, float]]] = {name: {} for name in sets}
-    grid_labels: dict[str, list[np.ndarray]] = {}
-    for method in methods:
-        model, info = load_bundle(models_root / method / "model.pt")
-        if info.get("method") != method:
-            raise ValueError(f"{models_root / method / 'model.pt'}: holds method {info.get('method')!r}, "
-                             f"expected {method!r}")
-        for index, (name, dataset) in enumerate(sets.items()):
-            scores, labels = evaluate_set(model, info, method, dataset, params, name, cfg.batch_size)
-            by_set[name][method] = scores
-            if index == 0:
-                grid_labels[method] = labels[:cfg.grid_samples]
-            log.info("regions %s on %s: %s", method, name, ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
-
-    first, *others = sets
-    metrics = {method: {**by_set[first][method], **{name: by_set[name][method] for name in others}}
-               for method in methods}
+    by_set, grid_labels = score_region_models(models_root, methods, sets,
+                                              partial(params.train_regions.region_settings, params.seed),
+                                              cfg.batch_size, cfg.grid_samples)
+    metrics = metrics_by_method(by_set)
     atomic_write_json(metrics_path, metrics)
     files = [metrics_path]
 
     sections = []
     for name in sets:
         sections.append(f"## {name} (test split)\n\n### Contour and region metrics (CAS paper Table 6 layout)\n\n"
-                        f"{table6(by_set[name])}\n### Segment metrics (Dille et al. Table 2 layout)\n\n"
-                        f"{table2(by_set[name])}")
+                        f"{contour_region_table(by_set[name])}\n### Segment metrics (Dille et al. Table 2 layout)\n\n"
+                        f"{segment_table(by_set[name])}")
     text = ("# Class-agnostic multi-region segmentation\n\nOne segmentation per image, so ODS = OIS. VI in bits "
             "(lower is better). Recall: ground-truth segments matched with IoU > 0.5; Delta %: recall gain over "
             "the lowest-recall method.\n\n" + "\n".join(sections))
     files.append(atomic_write_text(report / "table.md", text))
 
-    dataset = sets[first]
+    dataset = sets[cfg.regions_sets[0]]
     records = dataset.split("test")[:cfg.grid_samples]
     rows = []
     for i, record in enumerate(records):
@@ -128,7 +66,6 @@ def evaluate_regions(params: Params, models_root: Path, raw: Path, metrics_path:
                     + [random_colours(grid_labels[m][i]) for m in methods])
     files.append(save_png(report / "grid.png", image_grid(rows, col_titles=["image", "ground truth", *methods])))
     return metrics, files
-
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -15,33 +15,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from lofiseg.atomic import atomic_write_json, atomic_write_text
 from lofiseg.config import Params, load_params, rate_key
 from lofiseg.data.format import Dataset
 from lofiseg.data.loading import load_split
-from lofiseg.infer.predict import predict_native, predict_probs
-from lofiseg.metrics.saliency import SaliencyMeter
+from lofiseg.evaluate.saliency import score_saliency
+from lofiseg.infer.predict import predict_probs
 from lofiseg.models.bundle import load_bundle
 from lofiseg.provenance import standard_tags
 from lofiseg.track.tracker import Tracker
 from lofiseg.viz.figures import lines_figure, markdown_table, save_figure
 from lofiseg.viz.images import colorize_labels, image_grid, save_png
 from stages.cli import flatten_metrics, log, run, stage_parser
-
-SALIENCY_KEYS = ("fbeta_adaptive", "fbeta_weighted", "fbeta_max", "mae")
-
-
-def score_saliency(model: torch.nn.Module, info: dict, dataset: Dataset, batch_size: int) -> dict[str, float]:
-    """Predict at the model's training size, resize each map to its ground truth's size, then score."""
-    meter = SaliencyMeter()
-    for record, probs in predict_native(model, dataset, dataset.split("test"), info["image_size"], batch_size,
-                                        desc=f"load {dataset.root.name}"):
-        gt = dataset.mask(record)
-        meter.update(probs[info["channel"]].clamp(0, 1).numpy(), np.where(gt == 255, 255, gt > 0).astype(np.uint8))
-    scores = meter.compute()
-    return {k: float(scores[k]) for k in SALIENCY_KEYS}
 
 
 def table3(metrics: dict, losses: Sequence[str], rates: Sequence[str], eval_set: str) -> str:
@@ -109,7 +95,6 @@ def evaluate_saliency(params: Params, models_root: Path, raw: Path, noisy_root: 
     grid = noisy_label_grid(params, by_loss, noisy_root, cfg.grid_samples)
     files.append(save_png(report / "grid.png", grid))
     return metrics, files
-
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -11,42 +11,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tqdm import tqdm
-
-from lofiseg.config import load_params, rate_key
-from lofiseg.data.format import Dataset, DatasetWriter
-from lofiseg.data.noise import corrupt, sample_rng
+from lofiseg.config import load_params
+from lofiseg.data.noise import make_noisy_copy
 from stages.cli import log, run, stage_parser
-
-NOISE_FIELDS = ("noise_rate", "noise_flipped", "noise_permutation", "noise_dropped")
-
-
-def make_noisy_copy(source: Path, out: Path, rate: float, seed: int, boundary_px: int = 0,
-                    drop_region_prob: float = 0.0) -> dict[str, int]:
-    """Write ``out``: ``source`` with its train masks corrupted at ``rate``; returns counts."""
-    src = Dataset(source)
-    extra_fields = tuple(f for f in src.extra_fields if f not in NOISE_FIELDS) + NOISE_FIELDS
-    counts = {"train": 0, "flipped": 0, "dropped_regions": 0}
-    with DatasetWriter(out, extra_fields=extra_fields) as writer:
-        for record in tqdm(src, desc=f"noise {rate:g}", unit="img", file=sys.stderr):
-            image_path = src.root / record.image
-            mask = src.mask(record) if record.has_mask else None
-            extra = {k: v for k, v in record.extra.items() if k in extra_fields}
-            extra.update(noise_rate=rate_key(rate), noise_flipped="0", noise_permutation="", noise_dropped="")
-            if mask is not None and record.split == "train":
-                result = corrupt(mask, rate, sample_rng(seed, record.id), boundary_px, drop_region_prob)
-                mask = result.mask
-                counts["train"] += 1
-                counts["flipped"] += int(result.flipped)
-                counts["dropped_regions"] += len(result.dropped)
-                extra.update(
-                    noise_flipped=str(int(result.flipped)),
-                    noise_permutation=";".join(f"{a}>{b}" for a, b in result.permutation.items()),
-                    noise_dropped=";".join(map(str, result.dropped)),
-                )
-            writer.add_encoded(record.id, image_path.read_bytes(), image_path.suffix.lstrip("."), mask,
-                               split=record.split, tags=record.tags, source=record.source, extra=extra)
-    return counts
 
 
 def main(argv: Sequence[str] | None = None) -> None:

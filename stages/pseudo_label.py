@@ -15,29 +15,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-from tqdm import tqdm
-
 from lofiseg.config import load_params
 from lofiseg.data.format import IGNORE, Dataset, DatasetFormatError, DatasetWriter
 from lofiseg.data.labels import class_names_json
-from lofiseg.data.loading import load_split
-from lofiseg.infer.predict import predict_probs
-from lofiseg.infer.pseudo_labels import pseudo_label
+from lofiseg.infer.pseudo_labels import label_images
 from lofiseg.models.bundle import load_bundle
 from lofiseg.train.loop import resolve_device
 from stages.cli import log, run, stage_parser
 
 EXTRA_FIELDS = ("class", "class_id", "foreground_fraction", "ignored_fraction")
 INFO_FILE = "pseudo_label.json"
-
-
-def upsample(probs: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(M, S, S) probabilities -> (M, height, width), bilinear (a convex combination: still sums to 1)."""
-    if probs.shape[-2:] == (height, width):
-        return probs
-    return F.interpolate(probs[None], size=(height, width), mode="bilinear", align_corners=False)[0]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -71,30 +58,20 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     counts = {"images": 0, "foreground": 0, "ignored": 0, "pixels": 0}
     with DatasetWriter(args.out, extra_fields=EXTRA_FIELDS) as writer:
-        bar = tqdm(total=len(records), desc=f"pseudo_label {args.class_name}", unit="img", file=sys.stderr)
-        for start in range(0, len(records), cfg.batch_size):
-            chunk = records[start:start + cfg.batch_size]
-            split = load_split(data, chunk, image_size, with_masks=False, desc=f"load {args.class_name}")
-            probs = predict_probs(model, split, batch_size=cfg.batch_size, device=device)
-            for record, sample_probs in zip(chunk, probs, strict=True):
-                image = data.image(record)
-                height, width = image.shape[:2]
-                foreground = upsample(sample_probs[channel:channel + 1], height, width)[0]
-                labels = pseudo_label(foreground.clamp(0.0, 1.0), class_id, cfg.confidence, image=image, crf=crf)
-                fg, ignored = int((labels == class_id).sum()), int((labels == IGNORE).sum())
-                image_path = data.root / record.image
-                writer.add_encoded(
-                    record.id, image_path.read_bytes(), image_path.suffix.lstrip("."), labels, split=record.split,
-                    tags=record.tags, source=record.source, image_shape=(height, width),
-                    extra={"class": args.class_name, "class_id": class_id,
-                           "foreground_fraction": f"{fg / labels.size:.6f}",
-                           "ignored_fraction": f"{ignored / labels.size:.6f}"})
-                counts["images"] += 1
-                counts["foreground"] += fg
-                counts["ignored"] += ignored
-                counts["pixels"] += labels.size
-                bar.update(1)
-        bar.close()
+        for record, labels in label_images(model, data, records, image_size, channel, class_id, cfg.confidence,
+                                           crf, cfg.batch_size, device, name=args.class_name):
+            fg, ignored = int((labels == class_id).sum()), int((labels == IGNORE).sum())
+            image_path = data.root / record.image
+            writer.add_encoded(
+                record.id, image_path.read_bytes(), image_path.suffix.lstrip("."), labels, split=record.split,
+                tags=record.tags, source=record.source, image_shape=labels.shape,
+                extra={"class": args.class_name, "class_id": class_id,
+                       "foreground_fraction": f"{fg / labels.size:.6f}",
+                       "ignored_fraction": f"{ignored / labels.size:.6f}"})
+            counts["images"] += 1
+            counts["foreground"] += fg
+            counts["ignored"] += ignored
+            counts["pixels"] += labels.size
         summary = {
             "class": args.class_name, "class_id": class_id, "classes": classes, "model": str(args.model),
             "model_info": {k: info.get(k) for k in ("class", "supervision", "image_size", "mlflow_run_id")},

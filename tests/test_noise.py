@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 
 from lofiseg.data.format import Dataset, DatasetWriter, Sample
-from lofiseg.data.noise import corrupt, drop_regions, permute_labels, sample_rng, shift_boundaries
-from stages.noise import make_noisy_copy
+from lofiseg.data.noise import (
+    corrupt,
+    drop_regions,
+    make_noisy_copy,
+    permute_labels,
+    sample_rng,
+    shift_boundaries,
+)
 
 
 def test_binary_flip_keeps_ignore_and_geometry():

@@ -15,6 +15,7 @@ import pytest
 PROJECT = Path(__file__).resolve().parent.parent
 LAYERS = (
     "atomic",      # atomic writes
+    "provenance",  # git and DVC identity of inputs
     "data",        # dataset format, readers, sources, layouts, noise, loading and augmentation
     "viz",         # pictures and figures
     "losses",      # one name -> loss
@@ -22,7 +23,6 @@ LAYERS = (
     "models",      # factory, encoder weights, channel choice, descriptor heads, bundles
     "infer",       # batched / multi-scale inference, pseudo labels, CRF, clustering, mean-shift, regions
     "evaluate",    # scoring trained models on held-out sets
-    "provenance",  # git and DVC identity of inputs
     "dvc_cli",     # running a dvc command from Python (flows, commands)
     "track",       # MLflow: store, tracker, logged models, run queries, registry, comparison
     "train",       # the tracked, resumable training run; distributed; the regularized plan

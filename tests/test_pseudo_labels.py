@@ -15,13 +15,12 @@ from lofiseg.data.labels import read_class_names
 from lofiseg.data.loading import load_split
 from lofiseg.data.synthetic import generate_web
 from lofiseg.infer.dense_crf import CRFParams
-from lofiseg.infer.predict import predict_probs
+from lofiseg.infer.predict import predict_probs, resize_probs
 from lofiseg.infer.pseudo_labels import pseudo_label
 from lofiseg.models.bundle import load_bundle, save_bundle
 from lofiseg.models.factory import build_model
 from stages import pseudo_gt
 from stages import pseudo_label as pseudo_label_stage
-from stages.pseudo_label import upsample
 from tests.pipeline_repo import PROJECT, TINY, deep_merge
 
 # --- the per-pixel rule -------------------------------------------------------------------------------------
@@ -127,7 +126,7 @@ def test_pseudo_label_stage_writes_the_class_labels(workdir):
         mask = out.mask(record)
         assert set(np.unique(mask).tolist()) <= {0, 1, 255}
         image = web.image(source)
-        expected = pseudo_label(upsample(sample_probs[1:2], 32, 32)[0], 1, 0.55, image=image,
+        expected = pseudo_label(resize_probs(sample_probs[1:2], 32, 32)[0], 1, 0.55, image=image,
                                 crf=CRFParams(iterations=2))
         assert np.array_equal(mask, expected)
         assert float(record.extra["foreground_fraction"]) == pytest.approx((mask == 1).mean(), abs=1e-6)

@@ -1,4 +1,4 @@
-"""lofiseg.track.registry, stages.register and commands.promote against a real MLflow sqlite store in a tmp folder."""
+"""lofiseg.track.registry, lofiseg.evaluate.gate, stages.register and commands.promote against a real MLflow sqlite store in a tmp folder."""
 
 from __future__ import annotations
 
@@ -359,7 +359,7 @@ def test_register_stages_depend_on_their_own_model_entry_only() -> None:
 
 def test_eval_set_identity_is_the_data_set_manifest_or_the_dvc_hash(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from stages.register import eval_set_identity
+    from lofiseg.evaluate.gate import eval_set_identity
 
     monkeypatch.chdir(tmp_path)
     scenes = tmp_path / "data/raw/scenes"

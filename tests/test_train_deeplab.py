@@ -340,7 +340,7 @@ def test_ddp_gradient_equals_the_global_batch_gradient(tmp_path):
 
 def test_augment_settings_are_the_transforms_and_read_back_in_words(tmp_path):
     """What info.json records is what the stage trains with, and evaluate_semantic says it in miou.md."""
-    from stages.evaluate_semantic import training_augmentation
+    from lofiseg.viz.semantic_report import training_augmentation
 
     cfg = parse_params(yaml.safe_load((PROJECT / "params.yaml").read_text())).train_deeplab
     pseudo, gt = train_deeplab.augment_settings(cfg, "pseudo"), train_deeplab.augment_settings(cfg, "gt")

@@ -14,9 +14,9 @@ import yaml
 
 from lofiseg.config import SyntheticSaliency
 from lofiseg.data.format import DatasetWriter
+from lofiseg.data.noise import make_noisy_copy
 from lofiseg.data.synthetic import generate_saliency
 from lofiseg.train.loop import load_checkpoint
-from stages.noise import make_noisy_copy
 from tests.pipeline_repo import PROJECT, TINY, deep_merge, tool_env
 
 pytestmark = pytest.mark.slow

@@ -3,18 +3,24 @@
 CAS paper Sec. 5.1 / Appendix C: for each image, with probability p, the region labels are permuted
 (foreground <-> background for a binary mask); segment geometry is never changed. Each image draws one
 uniform number u from its own stream, and is flipped when u < p, so the images flipped at a lower rate are a
-subset of those flipped at a higher rate: the noisy copies differ only by the rate.
+subset of those flipped at a higher rate: the noisy copies differ only by the rate. :func:`make_noisy_copy`
+writes such a copy of a whole data set (train split only; val and test stay clean).
 """
 
 from __future__ import annotations
 
+import sys
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+from tqdm import tqdm
 
-from lofiseg.data.format import IGNORE
+from lofiseg.data.format import IGNORE, Dataset, DatasetWriter
+
+NOISE_FIELDS = ("noise_rate", "noise_flipped", "noise_permutation", "noise_dropped")  # manifest columns
 
 
 @dataclass(frozen=True)
@@ -96,3 +102,34 @@ def corrupt(mask: np.ndarray, rate: float, rng: np.random.Generator, boundary_px
     if drop_region_prob > 0:
         noisy, dropped = drop_regions(noisy, drop_region_prob, rng)
     return NoiseResult(noisy, flip and bool(perm), perm, dropped)
+
+
+def make_noisy_copy(source: Path, out: Path, rate: float, seed: int, boundary_px: int = 0,
+                    drop_region_prob: float = 0.0) -> dict[str, int]:
+    """Write ``out``: the data set ``source`` with its train masks corrupted at ``rate`` (:func:`corrupt`, one
+    stream per image from ``seed``), the images copied byte for byte, and the manifest columns
+    ``noise_*`` (rate as ``str(float(rate))``, like params' rate keys; flipped 0|1; permutation ``a>b;...``;
+    dropped labels); returns counts of train images, flipped images and dropped regions."""
+    src = Dataset(source)
+    extra_fields = tuple(f for f in src.extra_fields if f not in NOISE_FIELDS) + NOISE_FIELDS
+    counts = {"train": 0, "flipped": 0, "dropped_regions": 0}
+    with DatasetWriter(out, extra_fields=extra_fields) as writer:
+        for record in tqdm(src, desc=f"noise {rate:g}", unit="img", file=sys.stderr):
+            image_path = src.root / record.image
+            mask = src.mask(record) if record.has_mask else None
+            extra = {k: v for k, v in record.extra.items() if k in extra_fields}
+            extra.update(noise_rate=str(float(rate)), noise_flipped="0", noise_permutation="", noise_dropped="")
+            if mask is not None and record.split == "train":
+                result = corrupt(mask, rate, sample_rng(seed, record.id), boundary_px, drop_region_prob)
+                mask = result.mask
+                counts["train"] += 1
+                counts["flipped"] += int(result.flipped)
+                counts["dropped_regions"] += len(result.dropped)
+                extra.update(
+                    noise_flipped=str(int(result.flipped)),
+                    noise_permutation=";".join(f"{a}>{b}" for a, b in result.permutation.items()),
+                    noise_dropped=";".join(map(str, result.dropped)),
+                )
+            writer.add_encoded(record.id, image_path.read_bytes(), image_path.suffix.lstrip("."), mask,
+                               split=record.split, tags=record.tags, source=record.source, extra=extra)
+    return counts

@@ -76,16 +76,22 @@ def saliency_channel(loss: str, probs: torch.Tensor, masks: torch.Tensor | None)
     return choose_foreground_channel(probs, masks)
 
 
+def resize_probs(probs: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(M, S, S) probabilities -> (M, height, width), bilinear (a convex combination: still sums to 1); the
+    same tensor when it already has that size."""
+    if probs.shape[-2:] == (height, width):
+        return probs
+    return F.interpolate(probs[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+
+
 def predict_native(model: torch.nn.Module, dataset: Dataset, records: Sequence[Record], image_size: int,
                    batch_size: int = 32, device: torch.device | str = "cpu", desc: str = "predict",
                    scales: Sequence[float] = (1.0,), flip: bool = False) -> Iterator[tuple[Record, torch.Tensor]]:
     """Softmax probabilities (M, H, W) of each record's image at the record's own size: the model sees the
-    image resized to its training size (times each of ``scales``), the maps are resized back (bilinear)."""
+    image resized to its training size (times each of ``scales``), the maps are resized back (:func:`resize_probs`)."""
     split = load_split(dataset, records, image_size, with_masks=False, desc=desc)
     probs = predict_probs(model, split, batch_size, device=device, scales=scales, flip=flip)
     for record, prob in zip(records, probs, strict=True):
         with Image.open(dataset.root / record.image) as image:  # the header only: no second decode
             width, height = image.size
-        if prob.shape[-2:] != (height, width):
-            prob = F.interpolate(prob[None], size=(height, width), mode="bilinear", align_corners=False)[0]
-        yield record, prob
+        yield record, resize_probs(prob, height, width)

@@ -3,18 +3,23 @@
 The class-X CNN runs on the X web images; a pixel it labels salient (object) gets X's id in the multi-class
 label space, the rest stays background 0. Optionally the two-class probabilities are refined with a dense CRF
 first, and pixels whose (refined) decision is less sure than ``confidence`` become 255 (ignore), so the
-multi-class network is not trained on them.
+multi-class network is not trained on them. :func:`label_images` does it for a list of images, batched.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from lofiseg.data.format import IGNORE
+from lofiseg.data.format import IGNORE, Dataset, Record
+from lofiseg.data.loading import load_split
 from lofiseg.infer.dense_crf import CRFParams, dense_crf
+from lofiseg.infer.predict import predict_probs, resize_probs
 
 
 def _foreground(probs: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -57,3 +62,24 @@ def pseudo_label(probs_fg: np.ndarray | torch.Tensor, class_id: int, confidence:
     # compared in p's precision: p = 0.7 stored in float32 is exactly as confident as `confidence` 0.7
     labels[np.maximum(p, q) < p.dtype.type(confidence)] = IGNORE
     return labels.astype(np.uint8, copy=False)
+
+
+def label_images(model: torch.nn.Module, dataset: Dataset, records: Sequence[Record], image_size: int,
+                 channel: int, class_id: int, confidence: float = 0.5, crf: CRFParams | None = None,
+                 batch_size: int = 32, device: torch.device | str = "cpu",
+                 name: str = "") -> Iterator[tuple[Record, np.ndarray]]:
+    """Each record's pseudo label map (:func:`pseudo_label`) at its image's own size: ``model`` sees
+    ``batch_size`` images at a time at its training ``image_size``, and its object probability (output
+    ``channel``) is resized back to the image (:func:`lofiseg.infer.predict.resize_probs`)."""
+    bar = tqdm(total=len(records), desc=f"pseudo_label {name}", unit="img", file=sys.stderr)
+    for start in range(0, len(records), batch_size):
+        chunk = records[start:start + batch_size]
+        split = load_split(dataset, chunk, image_size, with_masks=False, desc=f"load {name}")
+        probs = predict_probs(model, split, batch_size=batch_size, device=device)
+        for record, sample_probs in zip(chunk, probs, strict=True):
+            image = dataset.image(record)
+            height, width = image.shape[:2]
+            foreground = resize_probs(sample_probs[channel:channel + 1], height, width)[0]
+            yield record, pseudo_label(foreground.clamp(0.0, 1.0), class_id, confidence, image=image, crf=crf)
+            bar.update(1)
+    bar.close()

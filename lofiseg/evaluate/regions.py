@@ -1,0 +1,83 @@
+"""Class-agnostic region models scored on a test split: BSDS covering, Rand index, variation of information,
+boundary F (against every human segmentation of a BSDS image) and Dille et al.'s recall at IoU > 0.5, matched
+mIoU and boundary IoU (:class:`lofiseg.infer.regions.RegionEvaluator`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lofiseg.data.format import Dataset, Record, read_mask
+from lofiseg.data.layouts import ALT_MASKS_FIELD
+from lofiseg.data.loading import load_split
+from lofiseg.infer.regions import RegionEvaluator, RegionSettings, resize_labels, segment_images
+from lofiseg.models.bundle import load_bundle
+
+log = logging.getLogger(__name__)
+
+Scores = dict[str, float]
+
+
+def ground_truths(dataset: Dataset, record: Record) -> list[np.ndarray]:
+    """The record's mask, then its further human segmentations (BSDS ``alt_masks``), as int64 maps."""
+    masks = [dataset.mask(record)]
+    alt = record.extra.get(ALT_MASKS_FIELD, "")
+    masks += [read_mask(dataset.root / rel) for rel in alt.split(";") if rel]
+    return [m.astype(np.int64) for m in masks]
+
+
+def load_region_model(path: Path, method: str) -> tuple[torch.nn.Module, dict]:
+    """The bundle at ``path``, checked to hold a model trained with ``method``."""
+    model, info = load_bundle(path)
+    if info.get("method") != method:
+        raise ValueError(f"{path}: holds method {info.get('method')!r}, expected {method!r}")
+    return model, info
+
+
+def score_regions(model: torch.nn.Module, image_size: int, method: str, dataset: Dataset, name: str,
+                  settings: RegionSettings, batch_size: int) -> tuple[Scores, list[np.ndarray]]:
+    """The test split of ``dataset`` (called ``name``) segmented at ``image_size`` with ``method``'s inference
+    routine and scored; also each label map resized (nearest) to its ground truth."""
+    records = dataset.split("test")
+    if not records:
+        raise ValueError(f"{dataset.root}: data set {name!r} has no test split to score regions on")
+    split = load_split(dataset, records, image_size, with_masks=False, desc=f"load {name}")
+    labels = segment_images(model, method, split.images, settings, batch_size, desc=f"{method} on {name}")
+    evaluator = RegionEvaluator()
+    resized = []
+    for record, pred in zip(records, labels, strict=True):
+        gts = ground_truths(dataset, record)
+        evaluator.update(pred, gts)
+        resized.append(resize_labels(pred, gts[0].shape))
+    return evaluator.compute(), resized
+
+
+def score_region_models(models_root: Path, methods: Sequence[str], sets: Mapping[str, Dataset],
+                        settings_for: Callable[[dict], RegionSettings], batch_size: int,
+                        grid_samples: int) -> tuple[dict[str, dict[str, Scores]], dict[str, list[np.ndarray]]]:
+    """Every method's model ``models_root/<method>/model.pt`` on every set: ({set: {method: scores}},
+    {method: its first ``grid_samples`` label maps on the first set}). ``settings_for(info)`` gives a model's
+    inference settings from its bundle info."""
+    by_set: dict[str, dict[str, Scores]] = {name: {} for name in sets}
+    grid_labels: dict[str, list[np.ndarray]] = {}
+    for method in methods:
+        model, info = load_region_model(models_root / method / "model.pt", method)
+        for index, (name, dataset) in enumerate(sets.items()):
+            scores, labels = score_regions(model, info["image_size"], method, dataset, name, settings_for(info),
+                                           batch_size)
+            by_set[name][method] = scores
+            if index == 0:
+                grid_labels[method] = labels[:grid_samples]
+            log.info("regions %s on %s: %s", method, name, ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    return by_set, grid_labels
+
+
+def metrics_by_method(by_set: Mapping[str, Mapping[str, Scores]]) -> dict[str, dict]:
+    """{method: {first set's scores..., "<other set>": {scores}}}: the metrics JSON of ``evaluate_regions``."""
+    first, *others = by_set
+    return {method: {**by_set[first][method], **{name: by_set[name][method] for name in others}}
+            for method in by_set[first]}
