@@ -32,6 +32,9 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check .
 
+# The self-contained benchmarks (synthetic inputs, minutes each), one after another; each rewrites its
+# benchmarks/results/<name>.md. `$(PY) -m benchmarks.run_all --list` names them all, with the studies left out
+# (hours, dvc repro outputs, hand-written findings); `$(PY) -m benchmarks.run_all --only NAME ...` runs any.
 bench: install
 	$(PY) -m benchmarks.run_all
 

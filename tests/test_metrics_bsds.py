@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import rand_score
 
 from lofiseg.metrics.bsds import (
     RegionMeter,
@@ -42,6 +43,31 @@ def test_single_ground_truth_region_metrics():
     assert rand_index(PRED, GT) == pytest.approx(HAND_RI)
     assert variation_of_information(PRED, GT) == pytest.approx(HAND_VI)
     assert HAND_VI == pytest.approx(0.612197, abs=1e-6)
+
+
+def _ri_from_contingency(pred: np.ndarray, gt: np.ndarray) -> float:
+    """The contingency-table formula RI = 1 - (sum a^2 / 2 + sum b^2 / 2 - sum n^2) / C(N, 2) in float64."""
+    table = np.histogram2d(np.unique(pred, return_inverse=True)[1].ravel(),
+                           np.unique(gt, return_inverse=True)[1].ravel(),
+                           bins=(len(np.unique(pred)), len(np.unique(gt))))[0]
+    n = table.sum()
+    disagreements = (table.sum(1) ** 2).sum() / 2 + (table.sum(0) ** 2).sum() / 2 - (table**2).sum()
+    return float(1.0 - disagreements / (n * (n - 1) / 2))
+
+
+def test_rand_index_is_the_contingency_formula_bit_for_bit_and_sklearn_rand_score():
+    """rand_index (sklearn's pair counts) = the contingency formula exactly, and rand_score to the last bit."""
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        shape = tuple(rng.integers(2, 40, size=2))
+        pred = rng.integers(0, rng.integers(1, 10), shape)
+        gt = rng.integers(0, rng.integers(1, 10), shape)
+        if trial % 2:  # blocky maps, like real segmentations
+            pred = np.kron(pred, np.ones((3, 3), np.int64))
+            gt = np.kron(gt, np.ones((3, 3), np.int64))
+        assert rand_index(pred, gt, ignore_index=None) == _ri_from_contingency(pred, gt)
+        assert rand_index(pred, gt, ignore_index=None) == pytest.approx(
+            rand_score(gt.ravel(), pred.ravel()), abs=2e-16)
 
 
 def test_several_ground_truths_average_like_bsds():

@@ -15,6 +15,8 @@ from lofiseg.data.loading import (
     random_flip,
     random_mosaic,
     random_rescale,
+    rescale_images,
+    resize_masks,
 )
 from lofiseg.train.loop import (
     Trainer,
@@ -103,6 +105,94 @@ def test_augmentations_keep_image_and_mask_aligned():
         valid = out["mask"] != 255
         agree = ((out["image"][:, 0] > 0.5) == (out["mask"] == 1))[valid].float().mean()
         assert agree > 0.97  # bilinear image vs nearest mask may differ on the one-pixel edge only
+
+
+def _hand_flip(batch, generator):
+    """random_flip before torchvision: the reference its draws and output must keep."""
+    flip = torch.rand(batch["image"].shape[0], generator=generator) < 0.5
+    return {"image": torch.where(flip[:, None, None, None], batch["image"].flip(-1), batch["image"]),
+            "mask": torch.where(flip[:, None, None], batch["mask"].flip(-1), batch["mask"])}
+
+
+def _hand_blur(batch, generator, sigma=1.0):
+    """random_blur before torchvision: separable 3x3 Gaussian over replicate padding, half of the images."""
+    x = batch["image"]
+    k = torch.exp(-torch.arange(-1.0, 2.0) ** 2 / (2 * sigma**2))
+    k = k / k.sum()
+    kernel = (k[:, None] * k[None, :]).expand(x.shape[1], 1, 3, 3)
+    blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=x.shape[1])
+    pick = torch.rand(x.shape[0], generator=generator) < 0.5
+    return {"image": torch.where(pick[:, None, None, None], blurred, x), "mask": batch["mask"]}
+
+
+def test_flip_and_blur_equal_the_hand_written_code_bit_for_bit():
+    """torchvision ops, same draws: the saliency / single-class / regions models (random_flip) train as before."""
+    torch.manual_seed(0)
+    global_state = torch.get_rng_state()
+    for seed in range(60):
+        g = torch.Generator().manual_seed(seed)
+        b, size = int(torch.randint(1, 7, (), generator=g)), int(torch.randint(3, 33, (), generator=g))
+        batch = {"image": torch.rand(b, 3, size, size, generator=g), "mask": torch.randint(0, 256, (b, size, size), generator=g)}
+        for new, hand in ((random_flip, _hand_flip), (random_blur, _hand_blur)):
+            mine, theirs = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+            out, expected = new(batch, mine), hand(batch, theirs)
+            assert torch.equal(out["image"], expected["image"]) and torch.equal(out["mask"], expected["mask"])
+            assert type(out["image"]) is torch.Tensor and type(out["mask"]) is torch.Tensor  # no tv_tensors leak
+            assert torch.equal(mine.get_state(), theirs.get_state())  # the same draws, no more
+    assert torch.equal(torch.get_rng_state(), global_state)  # nothing from the global RNG
+
+
+def _replay_rescale(seed, low, high):
+    g = torch.Generator().manual_seed(seed)
+    factor = low + (high - low) * torch.rand((), generator=g).item()
+    return factor, g
+
+
+def test_rescale_crops_anywhere_and_the_mask_follows_the_image():
+    """Factor 2 on 16 px: a 16 px window of the 32 px image, row and column offsets drawn independently."""
+    size = 16
+    rows, cols = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    mask = (100 * rows + cols)[None].repeat(2, 1, 1)  # every pixel its own id (never 255)
+    image = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    offsets = []
+    for seed in range(20):
+        out = random_rescale({"image": image, "mask": mask}, torch.Generator().manual_seed(seed), low=2.0, high=2.0)
+        factor, g = _replay_rescale(seed, 2.0, 2.0)
+        top, left = torch.randint(0, size + 1, (2,), generator=g).tolist()
+        window = (..., slice(top, top + size), slice(left, left + size))
+        assert torch.equal(out["image"], rescale_images(image, factor)[window])
+        assert torch.equal(out["mask"], resize_masks(mask, 2 * size)[window])  # same window as the image
+        assert out["mask"][0, 0, 0] == 100 * (top // 2) + left // 2  # nearest-exact x2: source pixel
+        offsets.append((top, left))
+    assert any(top != left for top, left in offsets)  # off the diagonal
+    assert len({top for top, _ in offsets}) > 3 and len({left for _, left in offsets}) > 3
+
+
+def test_rescale_pads_on_all_sides_with_ignore():
+    """Factor 0.5 on 16 px: the 8 px image lands at a random spot; the rest is image 0 and mask 255 (ignore).
+
+    The image is constant on 2x2 blocks, so bilinear and nearest-exact halving give the same pixels: image
+    and mask must coincide exactly wherever the mask is not ignored.
+    """
+    size, half = 16, 8
+    blocks = torch.randint(0, 5, (3, half, half), generator=torch.Generator().manual_seed(1))
+    mask = blocks.repeat_interleave(2, 1).repeat_interleave(2, 2)  # (3, 16, 16), 2x2 blocks
+    image = mask[:, None].float().repeat(1, 3, 1, 1)
+    padded_sides = set()
+    for seed in range(20):
+        out = random_rescale({"image": image, "mask": mask}, torch.Generator().manual_seed(seed), low=0.5, high=0.5)
+        _, g = _replay_rescale(seed, 0.5, 0.5)
+        top, left = torch.randint(0, size - half + 1, (2,), generator=g).tolist()
+        inside = torch.zeros(size, size, dtype=torch.bool)
+        inside[top:top + half, left:left + half] = True
+        assert torch.equal(out["mask"][:, inside].reshape(3, half, half), blocks)
+        assert (out["mask"][:, ~inside] == 255).all() and (out["image"][:, :, ~inside] == 0).all()
+        assert torch.equal(out["image"][:, 0][:, inside], out["mask"][:, inside].float())
+        padded_sides |= {side for side, gap in (("top", top), ("bottom", size - half - top), ("left", left),
+                                                 ("right", size - half - left)) if gap > 0}
+        if 0 < top < size - half and 0 < left < size - half:
+            padded_sides.add("all four at once")
+    assert padded_sides == {"top", "bottom", "left", "right", "all four at once"}
 
 
 def test_mosaic_tiles_four_half_size_images_of_the_batch():

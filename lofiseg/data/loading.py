@@ -13,8 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
 from lofiseg.data.format import Dataset, Record
@@ -75,66 +77,79 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255.0)
 
 
+def _where(pick: torch.Tensor, changed: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    """Per sample: ``changed`` where ``pick`` (B,) is True, else ``original`` (a plain tensor either way)."""
+    pick = pick.to(original.device).view(-1, *[1] * (original.ndim - 1))
+    return torch.where(pick, changed.as_subclass(torch.Tensor), original)
+
+
 def random_flip(batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Horizontal flip of half the batch, images and masks together."""
     flip = torch.rand(batch["image"].shape[0], generator=generator) < 0.5
     out = dict(batch)
-    out["image"] = torch.where(flip[:, None, None, None], batch["image"].flip(-1), batch["image"])
+    out["image"] = _where(flip, TF.horizontal_flip(tv_tensors.Image(batch["image"])), batch["image"])
     if "mask" in batch:
-        out["mask"] = torch.where(flip[:, None, None], batch["mask"].flip(-1), batch["mask"])
+        out["mask"] = _where(flip, TF.horizontal_flip(tv_tensors.Mask(batch["mask"])), batch["mask"])
     return out
 
 
 def random_blur(batch: dict[str, torch.Tensor], generator: torch.Generator, prob: float = 0.5,
                 sigma: float = 1.0) -> dict[str, torch.Tensor]:
-    """Gaussian blur (3x3 separable kernel) of a random subset of images."""
+    """Gaussian blur (3x3 kernel, border pixels repeated) of each image with probability ``prob``."""
     x = batch["image"]
-    coords = torch.arange(-1, 2, dtype=x.dtype, device=x.device)
-    k = torch.exp(-coords**2 / (2 * sigma**2))
-    k = k / k.sum()
-    kernel = (k[:, None] * k[None, :]).expand(x.shape[1], 1, 3, 3)
-    blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=x.shape[1])
-    pick = (torch.rand(x.shape[0], generator=generator) < prob).to(x.device)
+    # torchvision's blur pads by reflection: pad by repeating the border first and cut that ring off after.
+    padded = TF.pad(tv_tensors.Image(x), [1], padding_mode="edge")
+    blurred = TF.gaussian_blur(padded, kernel_size=[3, 3], sigma=[sigma, sigma])[..., 1:-1, 1:-1]
+    pick = torch.rand(x.shape[0], generator=generator) < prob
     out = dict(batch)
-    out["image"] = torch.where(pick[:, None, None, None], blurred, x)
+    out["image"] = _where(pick, blurred, x)
     return out
+
+
+def _rescaled_size(height: int, width: int, scale: float) -> list[int]:
+    return [max(8, round(height * scale)), max(8, round(width * scale))]
 
 
 def rescale_images(images: torch.Tensor, scale: float) -> torch.Tensor:
     """``images`` (N, C, H, W) resized by ``scale`` (bilinear, each side at least 8 px); as they are at 1."""
     if scale == 1.0:
         return images
-    height, width = images.shape[-2:]
-    size = (max(8, round(height * scale)), max(8, round(width * scale)))
-    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+    size = _rescaled_size(*images.shape[-2:], scale)
+    resized = TF.resize(tv_tensors.Image(images), size, interpolation=InterpolationMode.BILINEAR, antialias=False)
+    return resized.as_subclass(torch.Tensor)
 
 
 def resize_masks(masks: torch.Tensor, size: int) -> torch.Tensor:
     """Label masks (N, H, W) resized to ``size`` x ``size`` by nearest-exact: every value (255 too) kept as is."""
-    return F.interpolate(masks[:, None].float(), size=(size, size), mode="nearest-exact")[:, 0].to(masks.dtype)
+    resized = TF.resize(tv_tensors.Mask(masks), [size, size], interpolation=InterpolationMode.NEAREST_EXACT)
+    return resized.as_subclass(torch.Tensor)
 
 
 def random_rescale(batch: dict[str, torch.Tensor], generator: torch.Generator, low: float = 0.75,
                    high: float = 1.25) -> dict[str, torch.Tensor]:
-    """Rescale the whole batch by one random factor, then crop or pad (ignore label) back to its size."""
+    """Rescale the whole (square) batch by one random factor in [low, high), then cut a random window of the
+    original size out of it, or place it at a random spot of a canvas of that size (image 0, mask 255 = ignore).
+
+    One factor and one (row, column) offset per batch, each offset drawn independently in [0, |new - size|].
+    """
     x = batch["image"]
     size = x.shape[-1]
     factor = low + (high - low) * torch.rand((), generator=generator).item()
-    image = rescale_images(x, factor)
+    image = tv_tensors.Image(rescale_images(x, factor))
     new = image.shape[-1]
-    out = dict(batch)
-    mask = resize_masks(batch["mask"], new) if "mask" in batch else None
+    mask = tv_tensors.Mask(resize_masks(batch["mask"], new)) if "mask" in batch else None
+    top, left = torch.randint(0, abs(new - size) + 1, (2,), generator=generator).tolist()
     if new >= size:
-        off = int(torch.randint(0, new - size + 1, (2,), generator=generator)[0])
-        image = image[..., off:off + size, off:off + size]
-        mask = None if mask is None else mask[..., off:off + size, off:off + size]
+        image = TF.crop(image, top, left, size, size)
+        mask = None if mask is None else TF.crop(mask, top, left, size, size)
     else:
-        pad = size - new
-        image = F.pad(image, (0, pad, 0, pad))
-        mask = None if mask is None else F.pad(mask, (0, pad, 0, pad), value=255)
-    out["image"] = image
+        padding = [left, top, size - new - left, size - new - top]  # left, top, right, bottom
+        image = TF.pad(image, padding, fill=0)
+        mask = None if mask is None else TF.pad(mask, padding, fill=255)
+    out = dict(batch)
+    out["image"] = image.as_subclass(torch.Tensor)
     if mask is not None:
-        out["mask"] = mask
+        out["mask"] = mask.as_subclass(torch.Tensor)
     return out
 
 
@@ -156,11 +171,10 @@ def random_mosaic(batch: dict[str, torch.Tensor], generator: torch.Generator,
         return tiles.permute(0, 3, 1, 4, 2, 5).reshape(b, small.shape[1], size, size)
 
     out = dict(batch)
-    small = F.interpolate(x, size=(half, half), mode="bilinear", align_corners=False, antialias=True)
-    out["image"] = torch.where(pick[:, None, None, None].to(x.device), tile(small), x)
+    small = TF.resize(tv_tensors.Image(x), [half, half], interpolation=InterpolationMode.BILINEAR, antialias=True)
+    out["image"] = _where(pick, tile(small.as_subclass(torch.Tensor)), x)
     if "mask" in batch:
-        mask = batch["mask"]
-        out["mask"] = torch.where(pick[:, None, None].to(mask.device), tile(resize_masks(mask, half)[:, None])[:, 0], mask)
+        out["mask"] = _where(pick, tile(resize_masks(batch["mask"], half)[:, None])[:, 0], batch["mask"])
     return out
 
 

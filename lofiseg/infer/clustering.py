@@ -6,7 +6,7 @@ pixels with the dense CRF (:func:`merge_small_regions`); :func:`postprocess_regi
 from __future__ import annotations
 
 import numpy as np
-import torch
+from sklearn.cluster import KMeans
 
 from lofiseg.infer.dense_crf import CRFParams, as_numpy, check_image, crf_inference
 
@@ -70,47 +70,12 @@ def merge_small_regions(
     return merged.reshape(labels.shape).astype(np.int64)
 
 
-def kmeans(points: torch.Tensor, k: int, seed: int = 0, max_iter: int = 100, tol: float = 1e-4) -> torch.Tensor:
-    """Lloyd's k-means with k-means++ seeding (Arthur & Vassilvitskii 2007), vectorised over points.
-
-    ``points`` (N, D) float, ``k`` <= number of distinct points. Stops when the squared centre shift is at most
-    ``tol`` times the mean per-dimension variance (sklearn's rule) or after ``max_iter`` iterations.
-    Deterministic for a given ``seed``. Returns int64 (N,) cluster indices in [0, k); an emptied cluster keeps
-    its last centre.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    points = points.float()
-    points = points - points.mean(0)  # centred: better float32 distances
-    threshold = tol * float(points.var(0, unbiased=False).mean())
-    num_points = points.shape[0]
-    centres = points.new_empty(k, points.shape[1])
-    centres[0] = points[int(torch.randint(num_points, (1,), generator=generator))]
-    nearest_sq = ((points - centres[0]) ** 2).sum(1)
-    for index in range(1, k):  # k-means++: the next centre is drawn with probability ~ squared distance
-        cumulative = torch.cumsum(nearest_sq.double(), 0)
-        draw = torch.rand(1, generator=generator, dtype=torch.float64) * cumulative[-1]
-        pick = int(torch.searchsorted(cumulative, draw, right=True).clamp_max(num_points - 1))
-        centres[index] = points[pick]
-        nearest_sq = torch.minimum(nearest_sq, ((points - centres[index]) ** 2).sum(1))
-    labels = points.new_zeros(num_points, dtype=torch.long)
-    for _ in range(max_iter):
-        labels = ((centres**2).sum(1) - 2 * points @ centres.T).argmin(1)  # argmin of |x - c|^2
-        one_hot = torch.nn.functional.one_hot(labels, k).to(points.dtype)
-        counts = one_hot.sum(0)
-        filled = counts > 0
-        updated = centres.clone()
-        updated[filled] = (one_hot.T @ points)[filled] / counts[filled, None]
-        shift = float(((updated - centres) ** 2).sum())
-        centres = updated
-        if shift <= threshold:
-            break
-    return ((centres**2).sum(1) - 2 * points @ centres.T).argmin(1)
-
-
 def cluster_descriptors(descriptors: np.ndarray, max_regions: int = 20, seed: int = 0) -> np.ndarray:
-    """k-means (k-means++ seeding, fixed ``seed``) of the per-pixel descriptors (D, H, W) into <= ``max_regions``.
+    """k-means of the per-pixel descriptors (D, H, W) into <= ``max_regions`` clusters (scikit-learn ``KMeans``).
 
-    k = min(max_regions, number of distinct descriptors). Returns int64 (H, W) labels 0..K-1, K <= k.
+    Lloyd's algorithm from one k-means++ seeding (Arthur & Vassilvitskii 2007; ``random_state=seed``, so
+    deterministic), k = min(max_regions, number of distinct descriptors). Returns int64 (H, W) labels 0..K-1,
+    K <= k.
     """
     descriptors = as_numpy(descriptors, "descriptors")
     if not np.issubdtype(descriptors.dtype, np.floating):
@@ -122,9 +87,9 @@ def cluster_descriptors(descriptors: np.ndarray, max_regions: int = 20, seed: in
     if isinstance(max_regions, bool) or not isinstance(max_regions, int) or max_regions < 1:
         raise ValueError(f"max_regions must be a positive int, got {max_regions!r}")
     height, width = descriptors.shape[1:]
-    points = torch.from_numpy(descriptors.reshape(descriptors.shape[0], -1).T.astype(np.float64))
-    k = min(max_regions, torch.unique(points, dim=0).shape[0])
-    labels = kmeans(points, k, seed=seed).numpy()
+    points = descriptors.reshape(descriptors.shape[0], -1).T.astype(np.float64)
+    k = min(max_regions, np.unique(points, axis=0).shape[0])
+    labels = KMeans(n_clusters=k, n_init=1, random_state=seed).fit_predict(points)
     return np.unique(labels, return_inverse=True)[1].reshape(height, width).astype(np.int64)
 
 

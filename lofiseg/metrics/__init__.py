@@ -1,8 +1,8 @@
 """Evaluation metrics: saliency (CAS Sec. 5.1), semantic IoU, BSDS region/contour metrics (CAS Tables 4, 6)
 and class-agnostic segment metrics (Dille et al. Sec. 5).
 
-Submodules load on first use (PEP 562): pysodmetrics pulls in OpenCV and scikit-learn, which semantic or
-region evaluation does not need.
+Submodules load on first use (PEP 562): pysodmetrics pulls in OpenCV, which semantic or region evaluation
+does not need, and scikit-learn (region evaluation needs it too, for the Rand index), which semantic does not.
 """
 
 from __future__ import annotations
