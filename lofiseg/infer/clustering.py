@@ -6,7 +6,6 @@ pixels with the dense CRF (:func:`merge_small_regions`); :func:`postprocess_regi
 from __future__ import annotations
 
 import numpy as np
-from sklearn.cluster import KMeans
 
 from lofiseg.infer.dense_crf import CRFParams, as_numpy, check_image, crf_inference
 
@@ -89,6 +88,8 @@ def cluster_descriptors(descriptors: np.ndarray, max_regions: int = 20, seed: in
     height, width = descriptors.shape[1:]
     points = descriptors.reshape(descriptors.shape[0], -1).T.astype(np.float64)
     k = min(max_regions, np.unique(points, axis=0).shape[0])
+    from sklearn.cluster import KMeans  # lazy: 1-2 s of import, and only clustering='kmeans' needs it
+
     labels = KMeans(n_clusters=k, n_init=1, random_state=seed).fit_predict(points)
     return np.unique(labels, return_inverse=True)[1].reshape(height, width).astype(np.int64)
 

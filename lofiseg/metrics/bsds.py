@@ -42,7 +42,6 @@ from scipy.sparse.csgraph import maximum_bipartite_matching
 from scipy.spatial import cKDTree
 from skimage.metrics import variation_of_information as _skimage_vi
 from skimage.morphology import thin
-from sklearn.metrics.cluster import pair_confusion_matrix
 
 __all__ = [
     "BoundaryCounts",
@@ -133,6 +132,8 @@ def _rand_index(pred_codes: np.ndarray, gt_codes: np.ndarray) -> float:
     """
     if pred_codes.size < 2:
         raise ValueError(f"the Rand index needs at least 2 evaluated pixels, got {pred_codes.size}")
+    from sklearn.metrics.cluster import pair_confusion_matrix  # lazy: 1-2 s of import a stage may not need
+
     pairs = pair_confusion_matrix(gt_codes, pred_codes)  # ordered pairs: every count doubled
     return float(1.0 - (pairs[0, 1] + pairs[1, 0]) / pairs.sum())
 
