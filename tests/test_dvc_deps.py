@@ -21,7 +21,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 PLUMBING = frozenset({
     "lofiseg/__init__.py", "lofiseg/atomic.py", "lofiseg/models/bundle.py", "lofiseg/config.py", "lofiseg/schema.py",
     "lofiseg/track/tracking.py", "lofiseg/track/registry.py", "lofiseg/viz/figures.py", "lofiseg/viz/images.py",
-    "stages/__init__.py", "stages/cli.py", "stages/outputs.py",
+    "stages/__init__.py", "stages/cli.py",
 })
 PACKAGES = ("lofiseg", "stages")
 

@@ -17,7 +17,7 @@ Nothing here opens a mask: the regularized models see images and tags only.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -26,7 +26,7 @@ from torch import Tensor
 
 from lofiseg.config import RegularizedScheduleParams
 from lofiseg.data.format import IGNORE, Dataset, DatasetFormatError, Record
-from lofiseg.data.loading import Augment, TensorSplit, iterate_batches, to_float
+from lofiseg.data.loading import Augment, TensorSplit, iterate_batches, load_split, to_float
 from lofiseg.losses.regularized import CompleteRegularizedLoss, RegularizedLossSchedule, StageParams
 from lofiseg.models.factory import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel
 
@@ -171,6 +171,62 @@ def training_plan(schedule: RegularizedLossSchedule, image_size: int, finetune_s
     if not plan:
         raise ValueError("the training plan has no epoch: set some normal_epochs (or annealing/finetune epochs)")
     return plan
+
+
+@dataclass
+class RegularizedTraining:
+    """One class model's run: its plan, and each epoch's batches of the class's images at the plan's size
+    (``positives(size)``), paired with negatives (``negatives(size)``) in negative epochs."""
+
+    plan: list[EpochPlan]
+    schedule: RegularizedLossSchedule
+    positives: Callable[[int], TensorSplit]
+    negatives: Callable[[int], TensorSplit] | None
+    batch_size: int
+    augment: Sequence[Augment] = ()
+
+    @classmethod
+    def build(cls, cfg: RegularizedScheduleParams, positives: Callable[[int], TensorSplit],
+              negatives: Callable[[int], TensorSplit] | None, *, anneal: bool, image_size: int, finetune_size: int,
+              finetune_epochs: int, batch_size: int, augment: Sequence[Augment] = ()) -> RegularizedTraining:
+        """:func:`regularized_schedule` of ``cfg`` then :func:`training_plan` at ``image_size`` (+ finetune)."""
+        schedule = regularized_schedule(cfg, anneal=anneal, negatives=negatives is not None)
+        plan = training_plan(schedule, image_size, finetune_size, finetune_epochs, negatives is not None)
+        return cls(plan, schedule, positives, negatives, batch_size, augment)
+
+    def batches(self, epoch: int, generator: torch.Generator) -> Iterator[dict[str, Tensor]]:
+        """Epoch ``epoch``'s :func:`paired_batches`, shuffled and augmented by ``generator`` (the epoch's)."""
+        entry = self.plan[epoch]
+        neg = self.negatives(entry.image_size) if entry.negatives and self.negatives is not None else None
+        return paired_batches(self.positives(entry.image_size), neg, self.batch_size,
+                              generator, self.augment)
+
+    def epoch_info(self, epoch: int) -> dict[str, str]:
+        return {"stage": self.plan[epoch].stage.stage, "phase": self.plan[epoch].phase}
+
+    def record(self, cfg: RegularizedScheduleParams) -> dict[str, Any]:
+        """The schedule as info.json records it."""
+        finetune = [p for p in self.plan if p.phase == "finetune"]
+        schedule = self.schedule
+        return {"annealing_epochs": schedule.annealing_epochs, "normal_epochs": schedule.normal_epochs,
+                "negative_epochs": schedule.negative_epochs, "finetune_epochs": len(finetune),
+                "finetune_image_size": finetune[0].image_size if finetune else None,
+                "sigma_start": schedule.sigma_start, "sigma_end": schedule.sigma_end,
+                "sigma_rule": schedule.sigma_rule, "normal_lambda_reg": schedule.normal_lambda_reg,
+                "lambda_neg": schedule.lambda_neg, "volumetric_target": cfg.volumetric_target,
+                "volumetric_min": cfg.volumetric_min}
+
+
+def split_loader(dataset: Dataset, records: list[Record], desc: str) -> Callable[[int], TensorSplit]:
+    """``size -> images`` of ``records`` (no masks), decoded once per size."""
+    cache: dict[int, TensorSplit] = {}
+
+    def load(size: int) -> TensorSplit:
+        if size not in cache:
+            cache[size] = load_split(dataset, records, size, with_masks=False, desc=f"{desc} {size}px")
+        return cache[size]
+
+    return load
 
 
 # --- the step ---------------------------------------------------------------------------------------------
