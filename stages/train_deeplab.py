@@ -93,7 +93,7 @@ def train_deeplab(args: argparse.Namespace, params: Params, ctx: DistContext, de
         tags={"lofiseg.stage": "train_deeplab", "supervision": args.supervision, "world_size": ctx.world_size},
         inputs=[str(args.data)])
 
-    with TrainingRun(identity, args.checkpoints, tracking=params.tracking.enabled,
+    with TrainingRun(identity, args.checkpoints / f"{args.supervision}.pt", tracking=params.tracking.enabled,
                      tracking_required=params.tracking.required, ctx=ctx) as training:
         def validate(epoch: int, metrics: dict[str, float]) -> dict[str, float]:
             scores = val_metrics(semantic_eval(model, data.val, len(classes), cfg.batch_size, device, ctx), classes)

@@ -86,7 +86,7 @@ def train_regions(params: Params, method: str, raw: Path, out: Path, checkpoints
                 "output_channels": channels},
         tags={"lofiseg.stage": "train_regions", "method": method}, inputs=[str(data_root)])
 
-    with TrainingRun(identity, checkpoints, tracking=params.tracking.enabled,
+    with TrainingRun(identity, checkpoints / f"{method}.pt", tracking=params.tracking.enabled,
                      tracking_required=params.tracking.required) as training:
         def validate(epoch: int, metrics: dict[str, float]) -> dict[str, float]:
             scores, _ = region_scores(model, method, val, settings, cfg.batch_size, device)

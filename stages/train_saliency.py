@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         tags={"lofiseg.stage": "train_saliency", "loss": args.loss, "noise_rate": rate_key(args.rate)},
         inputs=[str(args.data)])
 
-    with TrainingRun(identity, args.checkpoints, tracking=params.tracking.enabled,
+    with TrainingRun(identity, args.checkpoints / f"{name}.pt", tracking=params.tracking.enabled,
                      tracking_required=params.tracking.required) as training:
         def validate(epoch: int, metrics: dict[str, float]) -> dict[str, float]:
             probs = predict_probs(model, val, device=device)

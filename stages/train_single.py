@@ -66,7 +66,7 @@ def train(params: Params, args: Any, device: torch.device, name: str, model: Seg
         tags={"lofiseg.stage": "train_single", "class": info.get("class") or "", "supervision": info["supervision"]},
         inputs=inputs)
     optimizer = build_optimizer(params=model.parameters(), lr=cfg.lr, **cfg.optimizer.model_dump())
-    with TrainingRun(identity, args.checkpoints, tracking=params.tracking.enabled,
+    with TrainingRun(identity, args.checkpoints / f"{name}.pt", tracking=params.tracking.enabled,
                      tracking_required=params.tracking.required) as training:
         history = training.fit(model, optimizer, step, batches, epochs, evaluate, device=device, amp=cfg.amp)
         info = {**info, "epochs": epochs, "mlflow_run_id": training.run_id,

@@ -49,7 +49,7 @@ EvaluateFn = Callable[[int, dict[str, float]], dict[str, Any]]
 
 @dataclass(frozen=True)
 class RunIdentity:
-    """Who a run is: its MLflow experiment and run name (also the checkpoint's file stem), what it is made
+    """Who a run is: its MLflow experiment and run name, what it is made
     from (``fingerprint``: a checkpoint made from anything else is not resumed), the params logged when it
     starts, its tags, and the DVC-tracked ``inputs`` named in its provenance tags."""
 
@@ -69,8 +69,9 @@ def write_json_outputs(out: Path, files: Mapping[str, Any]) -> None:
 
 
 class TrainingRun:
-    """``with TrainingRun(identity, checkpoints) as run: history = run.fit(...); run.write_outputs(...)``.
+    """``with TrainingRun(identity, checkpoint) as run: history = run.fit(...); run.write_outputs(...)``.
 
+    ``checkpoint``: the file the run checkpoints to every epoch and resumes from.
     ``tracking`` / ``tracking_required``: see :class:`~lofiseg.track.tracking.Tracker`. ``ctx``: the torchrun
     job the run is part of; given (even of one process), every global batch is sharded across its ranks with
     loss weights (:func:`~lofiseg.train.distributed.shard_batches`, which also skips a batch of fewer than 2
@@ -78,10 +79,10 @@ class TrainingRun:
     over the ranks.
     """
 
-    def __init__(self, identity: RunIdentity, checkpoints: Path, *, tracking: bool = True,
+    def __init__(self, identity: RunIdentity, checkpoint: Path, *, tracking: bool = True,
                  tracking_required: bool = True, ctx: DistContext | None = None) -> None:
         self.identity = identity
-        self.checkpoint = Path(checkpoints) / f"{identity.name}.pt"
+        self.checkpoint = Path(checkpoint)
         self.stamp = fingerprint(*identity.fingerprint)
         self.tracking, self.tracking_required = tracking, tracking_required
         self.sharded = ctx is not None
