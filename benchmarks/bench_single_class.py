@@ -24,11 +24,12 @@ import yaml
 
 from lofiseg.atomic import atomic_write_text
 from lofiseg.data.format import Dataset
+from lofiseg.data.labels import class_records
 from lofiseg.data.loading import load_split
 from lofiseg.infer.predict import predict_probs
 from lofiseg.metrics.saliency import SaliencyMeter
 from lofiseg.models.bundle import load_bundle
-from lofiseg.train.regularized_plan import class_records, gt_labels
+from lofiseg.train.regularized_plan import gt_labels
 from lofiseg.viz.figures import markdown_table
 from stages import download, train_single, web
 

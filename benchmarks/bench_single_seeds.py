@@ -29,10 +29,10 @@ from benchmarks.bench_semantic_levers import apply_overrides, digest, params_wit
 from benchmarks.bench_single_class import test_scores
 from lofiseg.atomic import atomic_write_json, atomic_write_text
 from lofiseg.data.format import Dataset
+from lofiseg.data.labels import class_records
 from lofiseg.data.loading import load_split
 from lofiseg.infer.predict import predict_probs
 from lofiseg.models.bundle import load_bundle
-from lofiseg.train.regularized_plan import class_records
 from lofiseg.viz.figures import markdown_table
 from stages import download, train_single, web
 

@@ -291,6 +291,16 @@ class ModelParams(StrictModel):
         return value
 
 
+class OptimizerParams(StrictModel):
+    """The optimiser of a training section, built by :func:`lofiseg.train.optim.build_optimizer`: Adam (the
+    default) or SGD with ``momentum``; ``weight_decay`` is L2 on the weights for both. DeepLab's own setting
+    (Chen et al. 2018) is ``{name: sgd, momentum: 0.9, weight_decay: 5.0e-4}``."""
+
+    name: Literal["adam", "sgd"] = "adam"
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9  # sgd only
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+
+
 class TrackingParams(StrictModel):
     enabled: bool = True
     required: bool = True  # store unreachable: fail fast (true) or train without tracking and say so (false)
@@ -303,6 +313,7 @@ class TrainSaliencyParams(StrictModel):
     epochs: PositiveInt = 8
     batch_size: PositiveInt = 16
     lr: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-3
+    optimizer: OptimizerParams = OptimizerParams()
     alpha: Probability = 0.1  # CAS Eq. 1
     flip: bool = True  # random horizontal flips
     model: ModelParams = ModelParams()
@@ -388,6 +399,7 @@ class TrainSingleParams(StrictModel):
     image_size: Annotated[int, Field(ge=16, le=1024)] = 64
     batch_size: PositiveInt = 16  # the volumetric loss (Eq. 4) averages object size over a batch; paper m = 16
     lr: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-3
+    optimizer: OptimizerParams = OptimizerParams()
     schedule: RegularizedScheduleParams = RegularizedScheduleParams()
     # null: anneal every class; "<class>": skip annealing, start every class from train_single_init's model,
     # trained with annealing on that class's web images; "<data set>": the same on a data set's train split
@@ -458,6 +470,7 @@ class TrainDeeplabParams(StrictModel):
     epochs: PositiveInt = 12
     batch_size: PositiveInt = 8
     lr: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-3
+    optimizer: OptimizerParams = OptimizerParams()
     lr_policy: Literal["constant", "poly"] = "constant"  # poly: DeepLab's lr * (1 - epoch / epochs) ** poly_power
     poly_power: Annotated[float, Field(gt=0.0, le=10.0)] = 0.9
     flip: bool = True
@@ -487,6 +500,7 @@ class TrainRegionsParams(StrictModel):
     epochs: PositiveInt = 8
     batch_size: PositiveInt = 4
     lr: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-3
+    optimizer: OptimizerParams = OptimizerParams()
     channels: Annotated[int, Field(ge=2, le=255)] = 20  # M output channels of cas / ce (M >= regions)
     embedding_dim: Annotated[int, Field(ge=2, le=512)] = 16  # d of the projective head (paper 128)
     alpha: Probability = 0.1  # CAS Eq. 1

@@ -20,241 +20,39 @@ each rank trains on its slice of every global batch, rank 0 alone writes checkpo
 from __future__ import annotations
 
 import argparse
-import hashlib
-import math
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from functools import partial
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 
-from lofiseg.atomic import atomic_dir, atomic_write_json
 from lofiseg.config import Params, ParamsError, TrainDeeplabParams, load_params
-from lofiseg.data.format import IGNORE, Dataset, DatasetFormatError, Record
-from lofiseg.data.labels import CLASSES_FILE, read_class_names, remap_labels, web_class
-from lofiseg.data.loading import (
-    Augment,
-    TensorSplit,
-    iterate_batches,
-    load_split,
-    random_blur,
-    random_flip,
-    random_mosaic,
-    random_rescale,
-)
-from lofiseg.losses.ce import cross_entropy_loss
-from lofiseg.metrics.semantic import ConfusionMeter
-from lofiseg.models.bundle import load_bundle
+from lofiseg.data.augment import augment_settings, augmentations
+from lofiseg.data.supervision import SUPERVISIONS, NoWebTruth, Supervision, load_supervision, tensor_digest
 from lofiseg.models.factory import build_model
-from lofiseg.provenance import standard_tags
-from lofiseg.track.tracker import Tracker
-from lofiseg.train.distributed import (
-    DistContext,
-    DistributedTrainer,
-    all_reduce_sum,
-    barrier,
-    broadcast_buffers,
-    check_batch_size,
-    distributed_session,
-    shard_batches,
-    wrap_model,
-)
-from lofiseg.train.loop import (
-    epoch_batches,
-    fingerprint,
-    load_checkpoint,
-    poly_lr,
-    resolve_device,
-    seed_everything,
-    set_lr,
-)
-from lofiseg.viz.images import colorize_labels, image_grid, save_png
+from lofiseg.train.distributed import DistContext, check_batch_size, distributed_session
+from lofiseg.train.loop import epoch_batches, poly_lr, resolve_device, seed_everything
+from lofiseg.train.optim import build_optimizer
+from lofiseg.train.run import RunIdentity, TrainingRun, write_json_outputs
+from lofiseg.train.steps import build_step
+from lofiseg.train.validation import argmax_labels, iou_report, semantic_eval, semantic_scores, val_metrics
+from lofiseg.viz.images import colorize_labels, qualitative_grid
 from stages.cli import log, run, stage_parser
-from stages.outputs import log_training_outputs, save_training_outputs
 
-SUPERVISIONS = ("pseudo", "gt", "web_gt")
 CURVE_KEYS = ("train_loss", "val_miou", "val_pixel_acc")
-VAL_HOLDOUT = 0.1  # fraction of train lent to validation when a data set has no val split
 GRID_SAMPLES = 6
 
 
-class NoWebTruth(Exception):
-    """The web set has no ground truth: the web_gt ceiling is skipped, with the reason in info.json."""
+def supervision_data(supervision: str, data_dir: Path, params: Params) -> Supervision:
+    """:func:`lofiseg.data.supervision.load_supervision` in ``params.semantic_classes()`` ids."""
+    cfg = params.train_deeplab
+    return load_supervision(supervision, data_dir, params.semantic_classes(), list(params.web.classes),
+                            cfg.image_size, cfg.gt_dataset, params.dataset_classes)
 
 
-@dataclass
-class Supervision:
-    """What a run trains and validates on, in the label space ``classes``."""
-
-    train: TensorSplit
-    val: TensorSplit
-    val_source: str  # "val split" or how the holdout was made
-    dataset: Path
-
-
-
-def tensor_digest(*splits: TensorSplit) -> str:
-    """sha256 of exactly what training sees: ids, images and masks of the splits."""
-    digest = hashlib.sha256()
-    for split in splits:
-        digest.update("\n".join(split.ids).encode())
-        digest.update(split.images.numpy().tobytes())
-        if split.masks is not None:
-            digest.update(split.masks.numpy().tobytes())
-    return digest.hexdigest()
-
-
-def split_records(data: Dataset, keep: Callable[[Record], bool] = lambda r: True,
-                  ) -> tuple[list[Record], list[Record], str]:
-    """(train, val, how val was chosen) among the records ``keep`` accepts: the val split, else the first 10% of
-    train in (sha256, id) order."""
-    train, val = [r for r in data.split("train") if keep(r)], [r for r in data.split("val") if keep(r)]
-    if not train:
-        raise DatasetFormatError(f"{data.root}: no sample in the train split")
-    if val:
-        return train, val, "val split"
-    if len(train) < 2:
-        log.warning("%s: no val split and one train image: validating on it", data.root)
-        return train, train, "train (no val split)"
-    ordered = sorted(train, key=lambda r: (r.sha256, r.id))
-    count = max(1, round(VAL_HOLDOUT * len(train)))
-    held = {r.id for r in ordered[:count]}
-    log.warning("%s: no val split; holding out %d of %d train images for validation", data.root, count, len(train))
-    return ([r for r in train if r.id not in held], [r for r in train if r.id in held],
-            f"{count} of {len(train)} train images held out (no val split)")
-
-
-def check_labels(split: TensorSplit, num_classes: int, where: Path) -> None:
-    values = torch.unique(split.masks)
-    bad = values[(values >= num_classes) & (values != IGNORE)]
-    if bad.numel():
-        raise DatasetFormatError(f"{where}: mask values {bad.tolist()[:10]} are outside the label space "
-                                 f"0..{num_classes - 1} and {IGNORE} (ignore)")
-
-
-def dataset_classes(root: Path, name: str, params: Params) -> list[str]:
-    """The label space of a ground-truth data set: its classes.json, else what its params entry implies."""
-    declared = read_class_names(root)
-    if declared is not None:
-        return declared
-    try:
-        return params.dataset_classes(name)
-    except ValueError as err:
-        raise DatasetFormatError(f"{root}: {err}, or add {CLASSES_FILE} (a JSON list, id order, background "
-                                 f"first)") from None
-
-
-def load_supervision(supervision: str, data_dir: Path, params: Params) -> Supervision:
-    """Train and val splits at ``train_deeplab.image_size`` with masks in ``params.semantic_classes()`` ids."""
-    cfg, classes = params.train_deeplab, params.semantic_classes()
-    if supervision == "pseudo":
-        root = data_dir
-        declared = read_class_names(root)
-        if declared is not None and declared != classes:
-            raise DatasetFormatError(f"{root / CLASSES_FILE}: label space {declared} differs from params' "
-                                     f"{classes}; run pseudo_label and pseudo_gt again")
-        source = classes
-    elif supervision == "gt":
-        root = data_dir / cfg.gt_dataset
-        if not root.is_dir():
-            raise FileNotFoundError(f"{root}: train_deeplab.gt_dataset {cfg.gt_dataset!r} is not under {data_dir}")
-        source = dataset_classes(root, cfg.gt_dataset, params)
-        if not set(source[1:]) & set(classes[1:]):
-            raise DatasetFormatError(f"{root}: none of its classes {source[1:]} is in web.classes {classes[1:]}")
-    elif supervision == "web_gt":
-        return load_web_truth(data_dir, params)
-    else:
-        raise ValueError(f"supervision must be one of {SUPERVISIONS}, got {supervision!r}")
-    data = Dataset(root)
-    train_records, val_records, val_source = split_records(data)
-    splits = [load_split(data, records, cfg.image_size, desc=f"load {name}")
-              for records, name in ((train_records, "train"), (val_records, "val"))]
-    for split in splits:
-        check_labels(split, len(source), root)
-        if source != classes:
-            split.masks = remap_labels(split.masks, source, classes)
-    return Supervision(splits[0], splits[1], val_source, root)
-
-
-def load_web_truth(root: Path, params: Params) -> Supervision:
-    """The web images with their ground-truth masks as labels: each image's object (mask 1) gets its class id,
-    the rest (confusers included) background, 255 stays ignore. The pseudo labels' ceiling: the same images
-    with perfect labels. Raises :class:`NoWebTruth` when the web set has no masks (downloaded images)."""
-    cfg, classes = params.train_deeplab, params.semantic_classes()
-    data = Dataset(root)
-
-    def labelled(record: Record) -> bool:
-        return record.has_mask and web_class(record, params.web.classes) is not None
-
-    if not any(labelled(r) for r in data.split("train")):
-        raise NoWebTruth(f"{root}: no train image of web classes {list(params.web.classes)} has a ground-truth mask")
-    train_records, val_records, val_source = split_records(data, labelled)
-    splits = []
-    for records, name in ((train_records, "train"), (val_records, "val")):
-        split = load_split(data, records, cfg.image_size, desc=f"load {name}")
-        check_labels(split, 2, root)  # binary object masks: 0, 1 and 255 only
-        ids = torch.tensor([classes.index(web_class(r, params.web.classes)) for r in records], dtype=split.masks.dtype)
-        split.masks = torch.where(split.masks == 1, ids[:, None, None], split.masks)
-        splits.append(split)
-    return Supervision(splits[0], splits[1], val_source, root)
-
-
-@torch.no_grad()
-def predict_labels(model: torch.nn.Module, split: TensorSplit, batch_size: int,
-                   device: torch.device) -> torch.Tensor:
-    """Argmax labels (N, S, S) uint8 of ``model`` (in eval mode) on ``split``, on the CPU."""
-    was_training = model.training
-    model.eval()
-    out = [model(batch["image"].to(device)).argmax(1).to(torch.uint8).cpu()
-           for batch in iterate_batches(split, batch_size)]
-    model.train(was_training)
-    return torch.cat(out)
-
-
-def semantic_eval(model: torch.nn.Module, split: TensorSplit, num_classes: int, batch_size: int,
-                  device: torch.device, ctx: DistContext) -> dict[str, float | list[float]]:
-    """mIoU / per-class IoU / pixel accuracy over ``split``; each rank scores a shard, the counts are summed."""
-    meter = ConfusionMeter(num_classes, ignore_index=IGNORE)
-    shard = list(range(ctx.rank, len(split), ctx.world_size))
-    if shard:
-        part = split.subset(shard)
-        meter.update(predict_labels(model, part, batch_size, device), part.masks)
-    meter.confusion = all_reduce_sum(meter.confusion.to(device), ctx).cpu()
-    return meter.compute()
-
-
-def val_metrics(scores: dict[str, float | list[float]], classes: Sequence[str]) -> dict[str, float]:
-    """Flat metrics: miou, pixel_acc and iou_<class> (classes absent from labels and predictions left out)."""
-    out = {"miou": float(scores["miou"]), "pixel_acc": float(scores["pixel_acc"])}
-    out |= {f"iou_{name}": float(v) for name, v in zip(classes, scores["iou"], strict=True) if not math.isnan(v)}
-    return out
-
-
-def augment_settings(cfg: TrainDeeplabParams, supervision: str) -> dict[str, Any]:
+def supervision_augment(cfg: TrainDeeplabParams, supervision: str) -> dict:
     """The training augmentation of ``supervision``'s model, as recorded in its info.json."""
-    return {"mosaic": getattr(cfg.mosaic, supervision), "flip": cfg.flip, "blur": cfg.blur,
-            "rescale": list(cfg.rescale) if cfg.rescale else None}
-
-
-def augmentations(settings: dict[str, Any]) -> list[Augment]:
-    """:func:`augment_settings` as the batch transforms, in order: mosaic, flip, blur, rescale."""
-    out: list[Augment] = [partial(random_mosaic, prob=settings["mosaic"])] if settings["mosaic"] else []
-    out += [random_flip] if settings["flip"] else []
-    out += [random_blur] if settings["blur"] else []
-    if settings["rescale"]:
-        low, high = settings["rescale"]
-        out.append(partial(random_rescale, low=low, high=high))
-    return out
-
-
-def qualitative_grid(split: TensorSplit, pred: torch.Tensor, count: int) -> np.ndarray:
-    rows = [[split.images[i].permute(1, 2, 0).numpy(), colorize_labels(split.masks[i].numpy()),
-             colorize_labels(pred[i].numpy())] for i in range(min(count, len(split)))]
-    return image_grid(rows, col_titles=["image", "label", "prediction"])
+    return augment_settings(getattr(cfg.mosaic, supervision), cfg.flip, cfg.blur, cfg.rescale)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -273,108 +71,56 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def train_deeplab(args: argparse.Namespace, params: Params, ctx: DistContext, device: torch.device) -> None:
     cfg, classes = params.train_deeplab, params.semantic_classes()
-    name = f"deeplab-{args.supervision}"
     try:
         check_batch_size(cfg.batch_size, ctx, "train_deeplab.batch_size")
     except ValueError as err:
         raise ParamsError(f"{args.params}: {err}") from None
     seed_everything(params.seed)
     try:
-        data = load_supervision(args.supervision, args.data, params)
+        data = supervision_data(args.supervision, args.data, params)
     except NoWebTruth as why:
         log.warning("%s; skipping the web_gt ceiling", why)
         if ctx.is_main:
-            with atomic_dir(args.out) as tmp:
-                atomic_write_json(tmp / "info.json", {"supervision": args.supervision, "skipped": str(why)})
+            write_json_outputs(args.out, {"info.json": {"supervision": args.supervision, "skipped": str(why)}})
         return
     model = build_model(num_classes=len(classes), **cfg.model.model_dump())
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    optimizer = build_optimizer(params=model.parameters(), lr=cfg.lr, **cfg.optimizer.model_dump())
+    identity = RunIdentity(
+        f"{params.tracking.experiment_prefix}-semantic", f"deeplab-{args.supervision}",
+        fingerprint=(cfg.model_dump(), params.seed, args.supervision, classes, tensor_digest(data.train, data.val)),
+        params={"train_deeplab": cfg.model_dump(), "supervision": args.supervision, "seed": params.seed,
+                "device": device.type, "classes": ",".join(classes), "val_source": data.val_source},
+        tags={"lofiseg.stage": "train_deeplab", "supervision": args.supervision, "world_size": ctx.world_size},
+        inputs=[str(args.data)])
 
-    ckpt_path = args.checkpoints / f"{args.supervision}.pt"
-    stamp = fingerprint(cfg.model_dump(), params.seed, args.supervision, classes, tensor_digest(data.train, data.val))
-    previous = load_checkpoint(ckpt_path)
-    stale = previous is not None and previous.get("meta", {}).get("fingerprint") != stamp
-    barrier(ctx)  # every rank has read the checkpoint before rank 0 may delete it
-    if stale:
-        log.warning("%s: made from other params or data; starting over", ckpt_path)
-        if ctx.is_main:
-            ckpt_path.unlink()
-        previous = None
-    barrier(ctx)
-    run_id = previous["meta"].get("run_id") if previous else None
-
-    tags = {**standard_tags(".", [str(args.data)]), "lofiseg.stage": "train_deeplab",
-            "supervision": args.supervision, "world_size": ctx.world_size}
-    enabled = params.tracking.enabled and ctx.is_main
-    with Tracker(f"{params.tracking.experiment_prefix}-semantic", name, run_id=run_id, tags=tags, enabled=enabled,
-                 required=params.tracking.required) as tracker:
-        if run_id is None:
-            tracker.log_params({"train_deeplab": cfg.model_dump(), "supervision": args.supervision,
-                                "seed": params.seed, "device": device.type, "classes": ",".join(classes),
-                                "val_source": data.val_source})
-        net: torch.nn.Module = model  # the DDP wrapper once resumed: it shares the model's parameters
+    with TrainingRun(identity, args.checkpoints / f"{args.supervision}.pt", tracking=params.tracking.enabled,
+                     tracking_required=params.tracking.required, ctx=ctx) as training:
+        def validate(epoch: int, metrics: dict[str, float]) -> dict[str, float]:
+            scores = val_metrics(semantic_eval(model, data.val, len(classes), cfg.batch_size, device, ctx), classes)
+            training.log_metrics({f"val_{k}": v for k, v in scores.items()}, step=epoch)
+            return {"val_miou": scores["miou"], "val_pixel_acc": scores["pixel_acc"]}
 
         def epoch_lr(epoch: int) -> float:
             return poly_lr(cfg.lr, epoch, cfg.epochs, cfg.poly_power) if cfg.lr_policy == "poly" else cfg.lr
 
-        def step(_model: torch.nn.Module, batch: dict[str, torch.Tensor], epoch: int) -> torch.Tensor:
-            set_lr(optimizer, epoch_lr(epoch))
-            # the slice's mean CE times W n_r / N: DDP's gradient average is the global batch's (distributed.py)
-            return cross_entropy_loss(net(batch["image"]), batch["mask"]) * batch["loss_weight"]
-
-        trainer = DistributedTrainer(model, optimizer, step, ckpt_path, device=device, amp=cfg.amp,
-                                     meta={"fingerprint": stamp, "run_id": tracker.run_id}, ctx=ctx)
-        if trainer.resume():
-            log.info("resuming %s from epoch %d", name, trainer.start_epoch + 1)
-        net = wrap_model(model, ctx, device)  # after resume: DDP starts from rank 0's (= everyone's) weights
-
-        def validate(epoch: int, metrics: dict[str, float]) -> dict[str, float]:
-            broadcast_buffers(model, ctx)  # BatchNorm statistics drift per rank; evaluate rank 0's model
-            local = torch.tensor([metrics["train_loss"], metrics["images_per_s"]], dtype=torch.float64)
-            summed = all_reduce_sum(local.to(device), ctx).cpu()
-            scores = val_metrics(semantic_eval(model, data.val, len(classes), cfg.batch_size, device, ctx), classes)
-            out = {"train_loss": float(summed[0]) / ctx.world_size, "images_per_s": float(summed[1]),
-                   "lr": epoch_lr(epoch),
-                   "val_miou": scores["miou"], "val_pixel_acc": scores["pixel_acc"]}
-            tracker.log_metrics({**metrics, **out, **{f"val_{k}": v for k, v in scores.items()}}, step=epoch)
-            return out
-
-        batches = epoch_batches(data.train, cfg.batch_size, params.seed,
-                                augmentations(augment_settings(cfg, args.supervision)))
-        history = trainer.fit(
-            lambda epoch: shard_batches(batches(epoch), ctx),
-            cfg.epochs, validate, desc=name)
-        broadcast_buffers(model, ctx)
-        barrier(ctx)
+        augment = supervision_augment(cfg, args.supervision)
+        training.fit(model, optimizer, build_step("ce"), epoch_batches(data.train, cfg.batch_size, params.seed,
+                                                                        augmentations(augment)),
+                     cfg.epochs, validate, device=device, amp=cfg.amp, lr=epoch_lr, desc=identity.name)
         if ctx.is_main:
-            write_outputs(args, params, data, model, history, tracker, device, ctx)
-    barrier(ctx)
-    if ctx.is_main:
-        ckpt_path.unlink(missing_ok=True)  # the model is in --out now; nothing to resume
-
-
-def write_outputs(args: argparse.Namespace, params: Params, data: Supervision, model: torch.nn.Module,
-                  history: list[dict[str, float]], tracker: Tracker, device: torch.device, ctx: DistContext) -> None:
-    """Rank 0: model.pt, history.json, info.json, curves.png, val_grid.png, and their MLflow copies."""
-    cfg, classes = params.train_deeplab, params.semantic_classes()
-    pred = predict_labels(model, data.val, cfg.batch_size, device)
-    meter = ConfusionMeter(len(classes), ignore_index=IGNORE)
-    meter.update(pred, data.val.masks)
-    scores = meter.compute()
-    info = {"task": "semantic", "supervision": args.supervision, "classes": classes, "image_size": cfg.image_size,
-            "epochs": cfg.epochs, "augment": augment_settings(cfg, args.supervision),
-            "data": str(data.dataset), "val_source": data.val_source,
-            "world_size": ctx.world_size, "mlflow_run_id": tracker.run_id,
-            "val": {"miou": scores["miou"], "pixel_acc": scores["pixel_acc"],
-                    "iou": {c: None if math.isnan(v) else v for c, v in zip(classes, scores["iou"], strict=True)}}}
-    save_training_outputs(args.out, model, info, history, CURVE_KEYS, f"train_deeplab {args.supervision}")
-    save_png(args.out / "val_grid.png", qualitative_grid(data.val, pred, GRID_SAMPLES))
-
-    tracker.log_metrics({f"final_val_{k}": v for k, v in val_metrics(scores, classes).items()}, step=cfg.epochs)
-    log_training_outputs(tracker, args.out, "val_grid.png")
-    exported, _ = load_bundle(args.out / "model.pt")  # plain BatchNorm even when trained with SyncBatchNorm
-    tracker.log_model(exported, "model", example_input=data.val.images[:1].float().div(255).numpy())
-    log.info("%s: val mIoU %.4f (%s) -> %s", args.supervision, scores["miou"], data.val_source, args.out)
+            pred = argmax_labels(model, data.val, cfg.batch_size, device)
+            scores = semantic_scores(pred, data.val.masks, len(classes))
+            info = {"task": "semantic", "supervision": args.supervision, "classes": classes,
+                    "image_size": cfg.image_size, "epochs": cfg.epochs, "augment": augment,
+                    "data": str(data.dataset), "val_source": data.val_source, "world_size": ctx.world_size,
+                    "mlflow_run_id": training.run_id, "val": iou_report(scores, classes)}
+            grid = qualitative_grid(data.val.images[:GRID_SAMPLES].permute(0, 2, 3, 1).numpy(), {
+                "label": [colorize_labels(m) for m in data.val.masks[:GRID_SAMPLES].numpy()],
+                "prediction": [colorize_labels(p) for p in pred[:GRID_SAMPLES].numpy()]})
+            training.write_outputs(args.out, model, info, CURVE_KEYS, f"train_deeplab {args.supervision}",
+                                   example=data.val.images[:1], pictures={"val_grid.png": grid},
+                                   final_val=val_metrics(scores, classes))
+            log.info("%s: val mIoU %.4f (%s) -> %s", args.supervision, scores["miou"], data.val_source, args.out)
 
 
 if __name__ == "__main__":

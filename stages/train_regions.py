@@ -17,43 +17,30 @@ data, else it starts over). ``model.pt`` is a plain :func:`~lofiseg.models.facto
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from lofiseg.config import Params, TrainRegionsParams, load_params
-from lofiseg.data.format import Dataset
+from lofiseg.data.format import MANIFEST, Dataset, sha256_bytes
 from lofiseg.data.loading import TensorSplit, load_split, random_flip
 from lofiseg.infer.regions import RegionEvaluator, RegionSettings, segment_images
-from lofiseg.losses import CASLoss, CrossEntropyLoss
-from lofiseg.losses.discriminative import DiscriminativeLoss
-from lofiseg.losses.embedding import ProjectiveLoss
 from lofiseg.models.descriptor_heads import descriptor_kind, descriptor_model
 from lofiseg.models.factory import build_model
-from lofiseg.provenance import standard_tags
-from lofiseg.track.tracker import Tracker
-from lofiseg.train.loop import (
-    Trainer,
-    epoch_batches,
-    fingerprint,
-    matching_checkpoint,
-    resolve_device,
-    seed_everything,
-)
-from lofiseg.viz.images import image_grid, random_colours, save_png
+from lofiseg.train.loop import epoch_batches, resolve_device, seed_everything
+from lofiseg.train.optim import build_optimizer
+from lofiseg.train.run import RunIdentity, TrainingRun
+from lofiseg.train.steps import LossStep, build_step
+from lofiseg.viz.images import qualitative_grid, random_colours
 from stages.cli import log, run, stage_parser
-from stages.outputs import log_training_outputs, save_training_outputs
 
 CURVE_KEYS = ("train_loss", "val_covering", "val_recall50", "val_vi", "degenerate_fraction")
 METHODS = ("cas", "projective", "ce", "discriminative")
-
-Step = Callable[[torch.nn.Module, dict[str, torch.Tensor], int], torch.Tensor]
-
+GRID_SAMPLES = 6
 
 
 def output_channels(method: str, cfg: TrainRegionsParams) -> int:
@@ -61,28 +48,10 @@ def output_channels(method: str, cfg: TrainRegionsParams) -> int:
     return cfg.channels if descriptor_kind(method) == "softmax" else cfg.embedding_dim
 
 
-def make_step(method: str, cfg: TrainRegionsParams) -> tuple[Step, torch.nn.Module]:
-    """The per-batch loss of ``method`` and the loss module (kept for logging its last terms)."""
-    if method == "cas":
-        loss_fn: torch.nn.Module = CASLoss(alpha=cfg.alpha)
-        return (lambda net, batch, epoch: loss_fn(net(batch["image"]), batch["mask"])), loss_fn
-    if method == "ce":
-        ce = CrossEntropyLoss()
-        channels = cfg.channels
-
-        def ce_step(net: torch.nn.Module, batch: dict[str, torch.Tensor], epoch: int) -> torch.Tensor:
-            mask = batch["mask"]
-            classes = torch.where(mask == 255, mask, mask % channels)  # region id -> class id mod M
-            return ce(net(batch["image"]), classes)
-
-        return ce_step, ce
-    if method == "projective":
-        projective = ProjectiveLoss()
-        return (lambda net, batch, epoch: projective(torch.tanh(net(batch["image"])), batch["mask"])), projective
-    if method == "discriminative":
-        discriminative = DiscriminativeLoss()
-        return (lambda net, batch, epoch: discriminative(net(batch["image"]), batch["mask"])), discriminative
-    raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+def make_step(method: str, cfg: TrainRegionsParams) -> LossStep:
+    """The per-batch loss of ``method``: CAS with ``alpha``, CE on region ids mod ``channels``, or as named."""
+    options = {"cas": {"alpha": cfg.alpha}, "ce": {"region_classes": cfg.channels}}.get(method, {})
+    return build_step(method, **options)
 
 
 def region_scores(model: torch.nn.Module, method: str, split: TensorSplit, settings: RegionSettings,
@@ -92,12 +61,6 @@ def region_scores(model: torch.nn.Module, method: str, split: TensorSplit, setti
     for pred, gt in zip(labels, split.masks.numpy(), strict=True):
         evaluator.update(pred, [gt])
     return evaluator.compute(), labels
-
-
-def qualitative_grid(split: TensorSplit, labels: list[np.ndarray], count: int) -> np.ndarray:
-    rows = [[split.images[i].permute(1, 2, 0).numpy(), random_colours(split.masks[i].numpy().astype(np.int64)),
-             random_colours(labels[i])] for i in range(min(count, len(split)))]
-    return image_grid(rows, col_titles=["image", "ground truth", "regions"])
 
 
 def train_regions(params: Params, method: str, raw: Path, out: Path, checkpoints: Path) -> dict:
@@ -113,67 +76,41 @@ def train_regions(params: Params, method: str, raw: Path, out: Path, checkpoints
     val = load_split(data, data.split("val"), cfg.image_size, desc="load val")
     channels = output_channels(method, cfg)
     model = build_model(num_classes=channels, **cfg.model.model_dump())
-    step, loss_module = make_step(method, cfg)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    step = make_step(method, cfg)
+    optimizer = build_optimizer(params=model.parameters(), lr=cfg.lr, **cfg.optimizer.model_dump())
     settings = cfg.region_settings(params.seed)
+    identity = RunIdentity(
+        f"{params.tracking.experiment_prefix}-regions", method,
+        fingerprint=(cfg.model_dump(), params.seed, method, sha256_bytes((data_root / MANIFEST).read_bytes())),
+        params={"train_regions": cfg.model_dump(), "method": method, "seed": params.seed, "device": str(device),
+                "output_channels": channels},
+        tags={"lofiseg.stage": "train_regions", "method": method}, inputs=[str(data_root)])
 
-    ckpt_path = checkpoints / f"{method}.pt"
-    stamp = fingerprint(cfg.model_dump(), params.seed, method,
-                        hashlib.sha256((data_root / "manifest.csv").read_bytes()).hexdigest())
-    previous = matching_checkpoint(ckpt_path, stamp)
-    run_id = previous["meta"].get("run_id") if previous else None
-
-    degenerate = {"images": 0, "seen": 0}
-
-    def counted_step(net: torch.nn.Module, batch: dict[str, torch.Tensor], epoch: int) -> torch.Tensor:
-        loss = step(net, batch, epoch)
-        terms = getattr(loss_module, "last_terms", None)
-        if terms is not None:
-            degenerate["images"] += int(terms.degenerate.sum())
-            degenerate["seen"] += int((terms.num_entities > 0).sum())
-        return loss
-
-    tags = {**standard_tags(".", [str(data_root)]), "lofiseg.stage": "train_regions", "method": method}
-    with Tracker(f"{params.tracking.experiment_prefix}-regions", method, run_id=run_id, tags=tags,
-                 enabled=params.tracking.enabled, required=params.tracking.required) as tracker:
-        if run_id is None:
-            tracker.log_params({"train_regions": cfg.model_dump(), "method": method, "seed": params.seed,
-                                "device": str(device), "output_channels": channels})
-
+    with TrainingRun(identity, checkpoints / f"{method}.pt", tracking=params.tracking.enabled,
+                     tracking_required=params.tracking.required) as training:
         def validate(epoch: int, metrics: dict[str, float]) -> dict[str, float]:
             scores, _ = region_scores(model, method, val, settings, cfg.batch_size, device)
-            result = {f"val_{k}": v for k, v in scores.items()}
-            if method == "projective":
-                result["degenerate_fraction"] = degenerate["images"] / max(degenerate["seen"], 1)
-                degenerate.update(images=0, seen=0)
-            tracker.log_metrics({**metrics, **result}, step=epoch)
-            return result
+            return {f"val_{k}": v for k, v in scores.items()} | step.epoch_metrics(epoch)
 
-        trainer = Trainer(model, optimizer, counted_step, ckpt_path, device=device, amp=cfg.amp,
-                          meta={"fingerprint": stamp, "run_id": tracker.run_id})
-        if trainer.resume():
-            log.info("resuming %s from epoch %d", method, trainer.start_epoch + 1)
         augment = [random_flip] if cfg.flip else []
-        history = trainer.fit(
-            epoch_batches(train, cfg.batch_size, params.seed, augment), cfg.epochs, validate, desc=f"regions {method}")
+        training.fit(model, optimizer, step, epoch_batches(train, cfg.batch_size, params.seed, augment), cfg.epochs,
+                     validate, device=device, amp=cfg.amp, desc=f"regions {method}")
 
         scores, labels = region_scores(model, method, val, settings, cfg.batch_size, device)
         info = {"task": "regions", "method": method, "descriptor": descriptor_kind(method),
                 "output_channels": channels, "dataset": cfg.dataset, "image_size": cfg.image_size,
-                "epochs": cfg.epochs, "mlflow_run_id": tracker.run_id, "val": scores}
+                "epochs": cfg.epochs, "mlflow_run_id": training.run_id, "val": scores}
         if method == "ce":
             info["label_mapping"] = f"class = region id mod {cfg.channels}"
         if method == "discriminative":
-            info.update(delta_v=loss_module.options["delta_v"], delta_d=loss_module.options["delta_d"])
-        save_training_outputs(out, model, info, history, CURVE_KEYS, f"train_regions {method}")
-        save_png(out / "val_grid.png", qualitative_grid(val, labels, 6))
-
-        tracker.set_tags({"descriptor": info["descriptor"]})
-        tracker.log_metrics({f"final_val_{k}": v for k, v in scores.items()}, step=cfg.epochs)
-        log_training_outputs(tracker, out, "val_grid.png")
-        tracker.log_model(descriptor_model(model, method).eval(), "model",
-                          example_input=val.images[:1].float().div(255).numpy())
-    ckpt_path.unlink(missing_ok=True)  # the model is in --out now; nothing to resume
+            info.update(delta_v=step.loss.options["delta_v"], delta_d=step.loss.options["delta_d"])
+        grid = qualitative_grid(val.images[:GRID_SAMPLES].permute(0, 2, 3, 1).numpy(), {
+            "ground truth": [random_colours(m.astype(np.int64)) for m in val.masks[:GRID_SAMPLES].numpy()],
+            "regions": [random_colours(lab) for lab in labels[:GRID_SAMPLES]]})
+        training.write_outputs(out, model, info, CURVE_KEYS, f"train_regions {method}", example=val.images[:1],
+                               pictures={"val_grid.png": grid}, final_val=scores,
+                               tags={"descriptor": info["descriptor"]},
+                               serve=lambda served: descriptor_model(served, method))
     return info
 
 

@@ -8,38 +8,29 @@ ground truth on the validation split (Sec. 4.2) and stored with the model.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from lofiseg.config import load_params, rate_key
-from lofiseg.data.format import Dataset
-from lofiseg.data.loading import TensorSplit, load_split, random_flip
+from lofiseg.data.format import MANIFEST, Dataset, sha256_bytes
+from lofiseg.data.loading import load_split, random_flip
 from lofiseg.infer.predict import predict_probs, saliency_channel
-from lofiseg.losses import build_loss
 from lofiseg.metrics.saliency import SaliencyMeter
 from lofiseg.models.channel import ChannelSelected
 from lofiseg.models.factory import build_model
-from lofiseg.provenance import standard_tags
-from lofiseg.track.tracker import Tracker
-from lofiseg.train.loop import (
-    Trainer,
-    epoch_batches,
-    fingerprint,
-    matching_checkpoint,
-    resolve_device,
-    seed_everything,
-)
-from lofiseg.viz.images import colorize_labels, image_grid, save_png
+from lofiseg.train.loop import epoch_batches, resolve_device, seed_everything
+from lofiseg.train.optim import build_optimizer
+from lofiseg.train.run import RunIdentity, TrainingRun
+from lofiseg.train.steps import build_step
+from lofiseg.viz.images import colorize_labels, qualitative_grid
 from stages.cli import log, run, stage_parser
-from stages.outputs import log_training_outputs, save_training_outputs
 
 CURVE_KEYS = ("train_loss", "val_fbeta_adaptive", "val_mae")
+GRID_SAMPLES = 6
 
 
 def saliency_scores(probs: torch.Tensor, masks: torch.Tensor, channel: int) -> dict[str, float]:
@@ -47,16 +38,6 @@ def saliency_scores(probs: torch.Tensor, masks: torch.Tensor, channel: int) -> d
     for pred, gt in zip(probs[:, channel].numpy(), masks.numpy(), strict=True):
         meter.update(pred, gt)
     return meter.compute()
-
-
-
-def qualitative_grid(split: TensorSplit, probs: torch.Tensor, channel: int, count: int) -> np.ndarray:
-    rows = []
-    for i in range(min(count, len(split))):
-        image = split.images[i].permute(1, 2, 0).numpy()
-        rows.append([image, colorize_labels(split.masks[i].numpy()),
-                     probs[i, channel].numpy()])  # float: drawn as a grey score map
-    return image_grid(rows, col_titles=["image", "ground truth", "prediction"])
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -79,56 +60,39 @@ def main(argv: Sequence[str] | None = None) -> None:
     train = load_split(data, data.split("train"), cfg.image_size, desc="load train")
     val = load_split(data, data.split("val"), cfg.image_size, desc="load val")
     model = build_model(num_classes=2, **cfg.model.model_dump())
-    loss_fn = build_loss(args.loss, **({"alpha": cfg.alpha} if args.loss == "cas" else {}))
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    step = build_step(args.loss, **({"alpha": cfg.alpha} if args.loss == "cas" else {}))
+    optimizer = build_optimizer(params=model.parameters(), lr=cfg.lr, **cfg.optimizer.model_dump())
+    identity = RunIdentity(
+        f"{params.tracking.experiment_prefix}-saliency", name,
+        fingerprint=(cfg.model_dump(), params.seed, args.loss, args.rate, sha256_bytes((args.data / MANIFEST).read_bytes())),
+        params={"train_saliency": cfg.model_dump(), "loss": args.loss, "noise_rate": args.rate,
+                "seed": params.seed, "device": str(device)},
+        tags={"lofiseg.stage": "train_saliency", "loss": args.loss, "noise_rate": rate_key(args.rate)},
+        inputs=[str(args.data)])
 
-    ckpt_path = args.checkpoints / f"{name}.pt"
-    stamp = fingerprint(cfg.model_dump(), params.seed, args.loss, args.rate,
-                        hashlib.sha256((args.data / "manifest.csv").read_bytes()).hexdigest())
-    previous = matching_checkpoint(ckpt_path, stamp)
-    run_id = previous["meta"].get("run_id") if previous else None
-
-    tags = {**standard_tags(".", [str(args.data)]), "lofiseg.stage": "train_saliency", "loss": args.loss,
-            "noise_rate": rate_key(args.rate)}
-    with Tracker(f"{params.tracking.experiment_prefix}-saliency", name, run_id=run_id, tags=tags,
-                 enabled=params.tracking.enabled, required=params.tracking.required) as tracker:
-        if run_id is None:
-            tracker.log_params({"train_saliency": cfg.model_dump(), "loss": args.loss, "noise_rate": args.rate,
-                                "seed": params.seed, "device": str(device)})
-
-        def step(net: torch.nn.Module, batch: dict[str, torch.Tensor], epoch: int) -> torch.Tensor:
-            return loss_fn(net(batch["image"]), batch["mask"])
-
+    with TrainingRun(identity, args.checkpoints / f"{name}.pt", tracking=params.tracking.enabled,
+                     tracking_required=params.tracking.required) as training:
         def validate(epoch: int, metrics: dict[str, float]) -> dict[str, float]:
             probs = predict_probs(model, val, device=device)
             channel = saliency_channel(args.loss, probs, val.masks)
             scores = saliency_scores(probs, val.masks, channel)
-            out = {f"val_{k}": v for k, v in scores.items()} | {"val_channel": channel}
-            tracker.log_metrics({**metrics, **out}, step=epoch)
-            return out
+            return {f"val_{k}": v for k, v in scores.items()} | {"val_channel": channel}
 
-        trainer = Trainer(model, optimizer, step, ckpt_path, device=device, amp=cfg.amp,
-                          meta={"fingerprint": stamp, "run_id": tracker.run_id})
-        if trainer.resume():
-            log.info("resuming %s from epoch %d", name, trainer.start_epoch + 1)
         augment = [random_flip] if cfg.flip else []
-        history = trainer.fit(
-            epoch_batches(train, cfg.batch_size, params.seed, augment), cfg.epochs, validate, desc=name)
+        training.fit(model, optimizer, step, epoch_batches(train, cfg.batch_size, params.seed, augment),
+                     cfg.epochs, validate, device=device, amp=cfg.amp, desc=name)
 
         probs = predict_probs(model, val, device=device)
         channel = saliency_channel(args.loss, probs, val.masks)
         info = {"task": "saliency", "loss": args.loss, "noise_rate": args.rate, "channel": channel,
-                "image_size": cfg.image_size, "epochs": cfg.epochs, "mlflow_run_id": tracker.run_id,
+                "image_size": cfg.image_size, "epochs": cfg.epochs, "mlflow_run_id": training.run_id,
                 "val": saliency_scores(probs, val.masks, channel)}
-        save_training_outputs(args.out, model, info, history, CURVE_KEYS, f"train_saliency {name}")
-        save_png(args.out / "val_grid.png", qualitative_grid(val, probs, channel, 6))
-
-        tracker.set_tags({"channel": channel})
-        tracker.log_metrics({f"final_val_{k}": v for k, v in info["val"].items()}, step=cfg.epochs)
-        log_training_outputs(tracker, args.out, "val_grid.png")
-        tracker.log_model(ChannelSelected(model, channel).eval(), "model",
-                          example_input=val.images[:1].float().div(255).numpy())
-    ckpt_path.unlink(missing_ok=True)  # the model is in --out now; nothing to resume
+        grid = qualitative_grid(val.images[:GRID_SAMPLES].permute(0, 2, 3, 1).numpy(), {
+            "ground truth": [colorize_labels(m) for m in val.masks[:GRID_SAMPLES].numpy()],
+            "prediction": probs[:GRID_SAMPLES, channel].numpy()})  # float: drawn as a grey score map
+        training.write_outputs(args.out, model, info, CURVE_KEYS, f"train_saliency {name}", example=val.images[:1],
+                               pictures={"val_grid.png": grid}, final_val=info["val"], tags={"channel": channel},
+                               serve=lambda served: ChannelSelected(served, channel))
     log.info("%s: val %s", name, json.dumps(info["val"]))
 
 

@@ -16,8 +16,10 @@ import torch
 import yaml
 
 from lofiseg.config import SyntheticScenes, load_params, parse_params
+from lofiseg.data.augment import augmentations
 from lofiseg.data.format import Dataset, DatasetWriter, Sample
 from lofiseg.data.labels import class_names_json, remap_labels
+from lofiseg.data.supervision import NoWebTruth, split_records
 from lofiseg.data.synthetic import generate_scenes, generate_web
 from lofiseg.models.bundle import load_bundle
 from lofiseg.train.distributed import (
@@ -136,7 +138,7 @@ def test_context_from_env():
 def test_gt_masks_are_remapped_by_class_name(workdir):
     params = load_params(_params(workdir, "params-unit.yaml", TRAIN))
     assert params.semantic_classes() == ["background", "leaf", "sun"]
-    data = train_deeplab.load_supervision("gt", workdir / "raw", params)
+    data = train_deeplab.supervision_data("gt", workdir / "raw", params)
     raw = Dataset(workdir / "raw" / "scenes")
     assert data.val_source == "val split" and data.val.ids == [r.id for r in raw.split("val")]
     for i, record in enumerate(raw.split("val")):
@@ -154,10 +156,10 @@ def test_a_data_set_without_val_lends_a_tenth_of_train(workdir, tmp_path):
                                    image_size=16, seed=0):
             writer.add(sample)
     data = Dataset(tmp_path / "noval")
-    train, val, how = train_deeplab.split_records(data)
+    train, val, how = split_records(data)
     assert len(val) == 2 and len(train) == 18 and how == "2 of 20 train images held out (no val split)"
     assert [r.id for r in val] == [r.id for r in sorted(data.split("train"), key=lambda r: (r.sha256, r.id))[:2]]
-    assert train_deeplab.split_records(data)[1] == val  # deterministic
+    assert split_records(data)[1] == val  # deterministic
 
 
 def test_web_truth_labels_each_object_with_its_class_and_skips_without_masks(workdir, tmp_path):
@@ -170,7 +172,7 @@ def test_web_truth_labels_each_object_with_its_class_and_skips_without_masks(wor
     with DatasetWriter(tmp_path / "web") as writer:
         for sample in samples:
             writer.add(sample)
-    data = train_deeplab.load_supervision("web_gt", tmp_path / "web", params)
+    data = train_deeplab.supervision_data("web_gt", tmp_path / "web", params)
     web = Dataset(tmp_path / "web")
     labels = dict(zip(data.train.ids + data.val.ids, [*data.train.masks, *data.val.masks], strict=True))
     assert set(labels) == {s.id for s in samples}
@@ -183,8 +185,8 @@ def test_web_truth_labels_each_object_with_its_class_and_skips_without_masks(wor
     with DatasetWriter(tmp_path / "tags_only") as writer:
         for sample in samples:
             writer.add(Sample(sample.id, sample.image, None, split=sample.split, tags=sample.tags))
-    with pytest.raises(train_deeplab.NoWebTruth, match=r"tags_only: no train image of web classes"):
-        train_deeplab.load_supervision("web_gt", tmp_path / "tags_only", params)
+    with pytest.raises(NoWebTruth, match=r"tags_only: no train image of web classes"):
+        train_deeplab.supervision_data("web_gt", tmp_path / "tags_only", params)
     out = tmp_path / "ceiling"
     train_deeplab.main(["--params", _params(workdir, "params-web.yaml", TRAIN), "--supervision", "web_gt",
                         "--data", str(tmp_path / "tags_only"), "--out", str(out)])
@@ -343,12 +345,12 @@ def test_augment_settings_are_the_transforms_and_read_back_in_words(tmp_path):
     from lofiseg.viz.semantic_report import training_augmentation
 
     cfg = parse_params(yaml.safe_load((PROJECT / "params.yaml").read_text())).train_deeplab
-    pseudo, gt = train_deeplab.augment_settings(cfg, "pseudo"), train_deeplab.augment_settings(cfg, "gt")
+    pseudo, gt = train_deeplab.supervision_augment(cfg, "pseudo"), train_deeplab.supervision_augment(cfg, "gt")
     assert pseudo == {"mosaic": 0.25, "flip": True, "blur": True, "rescale": [0.5, 2.0]} and gt["mosaic"] == 0.0
-    names = [getattr(t, "func", t).__name__ for t in train_deeplab.augmentations(pseudo)]
+    names = [getattr(t, "func", t).__name__ for t in augmentations(pseudo)]
     assert names == ["random_mosaic", "random_flip", "random_blur", "random_rescale"]
-    assert [getattr(t, "func", t).__name__ for t in train_deeplab.augmentations(gt)][0] == "random_flip"
-    assert train_deeplab.augmentations({"mosaic": 0.0, "flip": False, "blur": False, "rescale": None}) == []
+    assert [getattr(t, "func", t).__name__ for t in augmentations(gt)][0] == "random_flip"
+    assert augmentations({"mosaic": 0.0, "flip": False, "blur": False, "rescale": None}) == []
 
     info = tmp_path / "info.json"
     assert training_augmentation(info) == "not recorded"  # bundles made before info.json recorded it

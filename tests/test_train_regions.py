@@ -93,7 +93,7 @@ def test_every_method_trains_saves_a_loadable_bundle_and_an_mlflow_run(tracked):
 
 def test_ce_baseline_maps_region_ids_to_classes_modulo_channels():
     cfg = parse_params(params_dict()).train_regions
-    step, _ = make_step("ce", cfg)
+    step = make_step("ce", cfg)
     net = torch.nn.Conv2d(3, 6, 1).double()
     batch = {"image": torch.rand(1, 3, 2, 2, dtype=torch.float64), "mask": torch.tensor([[[200, 14], [255, 2]]])}
     # 200 mod 6 = 2 and 14 mod 6 = 2: two regions become one class; 255 stays ignored. Same value as CE on

@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 import lofiseg.train.loop
 from lofiseg.config import RegularizedScheduleParams, WebParams
 from lofiseg.data.format import Dataset, DatasetFormatError, DatasetWriter, Sample
+from lofiseg.data.labels import class_records, negative_records
 from lofiseg.data.loading import TensorSplit
 from lofiseg.data.synthetic import generate_saliency, generate_web
 from lofiseg.data.web import collect_web_images
@@ -22,11 +23,9 @@ from lofiseg.models.bundle import load_bundle
 from lofiseg.models.factory import build_model
 from lofiseg.train.regularized_plan import (
     RegularizedStep,
-    class_records,
     gt_labels,
     loss_image,
     negative_indices,
-    negative_records,
     paired_batches,
     training_plan,
 )

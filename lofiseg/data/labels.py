@@ -5,6 +5,9 @@ A label space is a list of class names whose index is the label id: ``["backgrou
 ``web.classes`` in params order); a data set with ground truth may number its classes differently (the
 synthetic scenes follow ``synthetic.classes``, Pascal VOC its 20 classes), so its masks are remapped by name
 before training or evaluation. A data set may declare its own label space in ``classes.json`` at its root.
+
+A class's web images are the records tagged with it (:func:`class_records`); every other record is a negative
+image for it (Veksler Eq. 7).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from lofiseg.data.format import IGNORE, DatasetFormatError, Record
+from lofiseg.data.format import IGNORE, Dataset, DatasetFormatError, Record
 
 CLASSES_FILE = "classes.json"
 BACKGROUND = "background"
@@ -119,3 +122,25 @@ def web_truth_labels(mask: np.ndarray, class_id: int) -> np.ndarray:
     """A web image's ground-truth mask as semantic labels: its object (any label > 0) -> ``class_id``, ignore
     (255) kept, the rest (confusers of other classes included) background 0. Used only to measure."""
     return np.where(mask == IGNORE, IGNORE, np.where(mask > 0, class_id, 0)).astype(np.uint8)
+
+
+# --- a class's web images (image-level tags) ---------------------------------------------------------
+
+def class_records(dataset: Dataset, cls: str, split: str = "train") -> list[Record]:
+    """The records of ``split`` tagged ``cls`` (the class's web images)."""
+    return [r for r in dataset.split(split) if cls in r.tags]
+
+
+def negative_records(dataset: Dataset, cls: str, split: str = "train") -> list[Record]:
+    """The records of ``split`` NOT tagged ``cls``: the other classes' images, negatives for Eq. 7."""
+    return [r for r in dataset.split(split) if cls not in r.tags]
+
+
+def require_class_records(dataset: Dataset, cls: str, split: str = "train") -> list[Record]:
+    """:func:`class_records`, or DatasetFormatError naming the class and the tags the split does hold."""
+    records = class_records(dataset, cls, split)
+    if not records:
+        tags = sorted({t for r in dataset.split(split) for t in r.tags})
+        raise DatasetFormatError(f"{dataset.root}: no {split} image tagged {cls!r} to train class {cls!r} on; "
+                                 f"the {split} split's tags are {tags}")
+    return records

@@ -32,7 +32,6 @@ import hashlib
 import io
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -55,6 +54,7 @@ from lofiseg.data.format import (
     encode_png,
     read_mask,
 )
+from lofiseg.data.holdout import hold_out
 from lofiseg.data.masks import binary_from_0_255, from_bsds, from_trimap, from_voc_palette
 from lofiseg.data.sources import fetch, file_name, local_path
 
@@ -338,11 +338,7 @@ def _id_hash(sample_id: str) -> int:
 
 def carve_val(train_ids: Sequence[str], val_fraction: float) -> set[str]:
     """The train ids that move to val: the first ``floor(val_fraction * n + 0.5)`` in sha256-of-id order."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    n_val = math.floor(val_fraction * len(train_ids) + 0.5)
-    ordered = sorted(train_ids, key=lambda i: (_id_hash(i), i))
-    return set(ordered[:n_val])
+    return set(hold_out(train_ids, val_fraction, key=lambda i: (_id_hash(i), i)))
 
 
 def _assign_splits(tree: Path, spec: LayoutSpec, plan: _Plan) -> None:

@@ -24,7 +24,6 @@ import csv
 import io
 import json
 import logging
-import math
 import os
 import threading
 from collections import deque
@@ -41,6 +40,7 @@ from tqdm import tqdm
 
 from lofiseg.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from lofiseg.data.format import Dataset, DatasetWriter, encode_png, read_mask, sha256_bytes
+from lofiseg.data.holdout import hold_out
 from lofiseg.data.sources import SourceError
 from lofiseg.data.transfer import (
     USER_AGENT,
@@ -514,8 +514,8 @@ class _Collector:
 
 def carve_val_by_hash(items: Iterable[_Item], val_fraction: float) -> set[str]:
     """Ids of the train items moving to val: the first ``floor(val_fraction * n + 0.5)`` in (sha256, id) order."""
-    train = sorted((i for i in items if i.split == "train"), key=lambda i: (i.sha256, i.id))
-    return {i.id for i in train[: math.floor(val_fraction * len(train) + 0.5)]}
+    train = (i for i in items if i.split == "train")
+    return {i.id for i in hold_out(train, val_fraction, key=lambda i: (i.sha256, i.id))}
 
 
 def _write_dataset(out: Path, items: list[_Item], val_ids: set[str]) -> None:

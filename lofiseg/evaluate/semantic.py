@@ -16,12 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from lofiseg.data.format import IGNORE, Dataset, Record
-from lofiseg.data.labels import remap_labels, web_class, web_truth_labels
+from lofiseg.data.labels import class_records, remap_labels, web_class, web_truth_labels
 from lofiseg.infer.predict import predict_native
 from lofiseg.metrics.saliency import SaliencyMeter
 from lofiseg.metrics.semantic import ConfusionMeter
 from lofiseg.models.bundle import load_bundle
-from lofiseg.train.regularized_plan import class_records
 
 SINGLE_CLASS_SUPERVISIONS = ("reg", "gt")  # models/single/<class>/<supervision>/model.pt
 

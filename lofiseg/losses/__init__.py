@@ -3,7 +3,7 @@ projective-sphere embedding losses (Dille et al.) and the discriminative loss (D
 
 All losses take logits ``(B, M, H, W)`` and apply the softmax inside, unless their name ends in
 ``_from_probs`` / ``_from_foreground``. Masks are ``(B, H, W)`` integer label maps with 255 = ignore.
-:func:`build_loss` makes the saliency-stage losses, called as ``loss(logits, mask) -> scalar``.
+:func:`build_loss` makes a loss by the name params give it, called as ``loss(logits, mask) -> scalar``.
 """
 
 from __future__ import annotations
@@ -72,18 +72,21 @@ from lofiseg.losses.regularized import (
     volumetric_loss,
 )
 
-_SALIENCY_LOSSES: dict[str, type[nn.Module]] = {
+LOSSES: dict[str, type[nn.Module]] = {
     "ce": CrossEntropyLoss,
     "cace": ClassAgnosticCrossEntropyLoss,
     "cas": CASLoss,
+    "projective": ProjectiveLoss,
+    "discriminative": DiscriminativeLoss,
 }
 
 
 def build_loss(name: str, **kwargs: Any) -> nn.Module:
-    """Saliency-stage loss by name: ``"ce"``, ``"cace"`` or ``"cas"``; ``kwargs`` go to its constructor."""
-    if not isinstance(name, str) or name.lower() not in _SALIENCY_LOSSES:
-        raise ValueError(f"name must be one of {sorted(_SALIENCY_LOSSES)}, got {name!r}")
-    return _SALIENCY_LOSSES[name.lower()](**kwargs)
+    """Loss module by the name params give it (a saliency loss or a regions method): ``"ce"``, ``"cace"``,
+    ``"cas"``, ``"projective"`` or ``"discriminative"``; ``kwargs`` go to its constructor."""
+    if not isinstance(name, str) or name.lower() not in LOSSES:
+        raise ValueError(f"name must be one of {sorted(LOSSES)}, got {name!r}")
+    return LOSSES[name.lower()](**kwargs)
 
 
 __all__ = [
@@ -91,6 +94,7 @@ __all__ = [
     "DEFAULT_SIGMA",
     "FOREGROUND_CHANNEL",
     "IGNORE_INDEX",
+    "LOSSES",
     "CASLoss",
     "CASTerms",
     "ClassAgnosticCrossEntropyLoss",

@@ -101,13 +101,14 @@ def fingerprint(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def matching_checkpoint(path: str | os.PathLike, stamp: str) -> dict[str, Any] | None:
-    """The checkpoint at ``path`` if it was made with fingerprint ``stamp``; one made from other params or
-    data is deleted (with a warning) and None returned, so training starts over."""
+def matching_checkpoint(path: str | os.PathLike, stamp: str, remove: bool = True) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` if it was made with fingerprint ``stamp``; for one made from other params or
+    data, a warning and None, so training starts over (and with ``remove`` the file is deleted)."""
     previous = load_checkpoint(path)
     if previous is not None and previous.get("meta", {}).get("fingerprint") != stamp:
         logging.getLogger("lofiseg").warning("%s: made from other params or data; starting over", path)
-        Path(path).unlink()
+        if remove:
+            Path(path).unlink()
         return None
     return previous
 

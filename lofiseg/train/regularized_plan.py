@@ -17,15 +17,15 @@ Nothing here opens a mask: the regularized models see images and tags only.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from lofiseg.data.format import IGNORE, Dataset, DatasetFormatError, Record
-from lofiseg.data.loading import Augment, TensorSplit, iterate_batches, to_float
+from lofiseg.data.format import IGNORE, Dataset, Record
+from lofiseg.data.loading import Augment, TensorSplit, iterate_batches, load_split, to_float
 from lofiseg.losses.regularized import CompleteRegularizedLoss, RegularizedLossSchedule, StageParams
 from lofiseg.models.factory import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel
 
@@ -34,26 +34,6 @@ ARCH_KEYS = ("arch", "num_classes", "encoder", "width", "encoder_depth", "normal
 
 
 # --- data -------------------------------------------------------------------------------------------------
-
-def class_records(dataset: Dataset, cls: str, split: str = "train") -> list[Record]:
-    """The records of ``split`` tagged ``cls`` (the class's web images)."""
-    return [r for r in dataset.split(split) if cls in r.tags]
-
-
-def negative_records(dataset: Dataset, cls: str, split: str = "train") -> list[Record]:
-    """The records of ``split`` NOT tagged ``cls``: the other classes' images, negatives for Eq. 7."""
-    return [r for r in dataset.split(split) if cls not in r.tags]
-
-
-def require_class_records(dataset: Dataset, cls: str, split: str = "train") -> list[Record]:
-    """:func:`class_records`, or DatasetFormatError naming the class and the tags the split does hold."""
-    records = class_records(dataset, cls, split)
-    if not records:
-        tags = sorted({t for r in dataset.split(split) for t in r.tags})
-        raise DatasetFormatError(f"{dataset.root}: no {split} image tagged {cls!r} to train class {cls!r} on; "
-                                 f"the {split} split's tags are {tags}")
-    return records
-
 
 def loss_image(images: Tensor) -> Tensor:
     """The colours the regularized losses compare (Eq. 2): images in [0, 1], ImageNet-normalised.
@@ -152,6 +132,61 @@ def training_plan(schedule: RegularizedLossSchedule, image_size: int, finetune_s
     if not plan:
         raise ValueError("the training plan has no epoch: set some normal_epochs (or annealing/finetune epochs)")
     return plan
+
+
+@dataclass
+class RegularizedTraining:
+    """One class model's run: its plan, and each epoch's batches of the class's images at the plan's size
+    (``positives(size)``), paired with negatives (``negatives(size)``) in negative epochs."""
+
+    plan: list[EpochPlan]
+    schedule: RegularizedLossSchedule
+    positives: Callable[[int], TensorSplit]
+    negatives: Callable[[int], TensorSplit] | None
+    batch_size: int
+    augment: Sequence[Augment] = ()
+
+    @classmethod
+    def build(cls, schedule: RegularizedLossSchedule, positives: Callable[[int], TensorSplit],
+              negatives: Callable[[int], TensorSplit] | None, *, image_size: int, finetune_size: int,
+              finetune_epochs: int, batch_size: int, augment: Sequence[Augment] = ()) -> RegularizedTraining:
+        """:func:`training_plan` of ``schedule`` at ``image_size`` (+ finetune), negatives when given."""
+        plan = training_plan(schedule, image_size, finetune_size, finetune_epochs, negatives is not None)
+        return cls(plan, schedule, positives, negatives, batch_size, augment)
+
+    def batches(self, epoch: int, generator: torch.Generator) -> Iterator[dict[str, Tensor]]:
+        """Epoch ``epoch``'s :func:`paired_batches`, shuffled and augmented by ``generator`` (the epoch's)."""
+        entry = self.plan[epoch]
+        neg = self.negatives(entry.image_size) if entry.negatives and self.negatives is not None else None
+        return paired_batches(self.positives(entry.image_size), neg, self.batch_size,
+                              generator, self.augment)
+
+    def epoch_info(self, epoch: int) -> dict[str, str]:
+        return {"stage": self.plan[epoch].stage.stage, "phase": self.plan[epoch].phase}
+
+    def record(self, loss: CompleteRegularizedLoss) -> dict[str, Any]:
+        """The schedule (and ``loss``'s volumetric sizes, Eq. 4) as info.json records it."""
+        finetune = [p for p in self.plan if p.phase == "finetune"]
+        schedule = self.schedule
+        return {"annealing_epochs": schedule.annealing_epochs, "normal_epochs": schedule.normal_epochs,
+                "negative_epochs": schedule.negative_epochs, "finetune_epochs": len(finetune),
+                "finetune_image_size": finetune[0].image_size if finetune else None,
+                "sigma_start": schedule.sigma_start, "sigma_end": schedule.sigma_end,
+                "sigma_rule": schedule.sigma_rule, "normal_lambda_reg": schedule.normal_lambda_reg,
+                "lambda_neg": schedule.lambda_neg, "volumetric_target": loss.target_fraction,
+                "volumetric_min": loss.min_fraction}
+
+
+def split_loader(dataset: Dataset, records: list[Record], desc: str) -> Callable[[int], TensorSplit]:
+    """``size -> images`` of ``records`` (no masks), decoded once per size."""
+    cache: dict[int, TensorSplit] = {}
+
+    def load(size: int) -> TensorSplit:
+        if size not in cache:
+            cache[size] = load_split(dataset, records, size, with_masks=False, desc=f"{desc} {size}px")
+        return cache[size]
+
+    return load
 
 
 # --- the step ---------------------------------------------------------------------------------------------

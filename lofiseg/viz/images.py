@@ -176,3 +176,10 @@ def random_colours(labels: np.ndarray, seed: int = 0) -> np.ndarray:
     palette = np.random.default_rng(seed).integers(30, 256, size=(int(labels.max()) + 1, 3), dtype=np.uint8)
     palette[np.arange(len(palette)) == 255] = 255
     return palette[labels]
+
+
+def qualitative_grid(images: np.ndarray, columns: Mapping[str, Sequence[np.ndarray]]) -> np.ndarray:
+    """A validation picture: one row per image of ``images`` (N, H, W, 3), the image then the i-th picture of
+    each column (e.g. ground truth, prediction), under the titles ``image`` and the column names."""
+    rows = [[image, *(column[i] for column in columns.values())] for i, image in enumerate(images)]
+    return image_grid(rows, col_titles=["image", *columns])
