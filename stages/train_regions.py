@@ -23,12 +23,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from lofiseg.config import Params, TrainRegionsParams, load_params
-from lofiseg.data.format import MANIFEST, Dataset, sha256_bytes
-from lofiseg.data.loading import TensorSplit, load_split, random_flip
-from lofiseg.infer.regions import RegionEvaluator, RegionSettings, segment_images
+from lofiseg.data.format import MANIFEST, Dataset, sha256_file
+from lofiseg.data.loading import load_split, random_flip
+from lofiseg.infer.regions import score_split
 from lofiseg.models.descriptor_heads import descriptor_kind, descriptor_model
 from lofiseg.models.factory import build_model
 from lofiseg.train.loop import epoch_batches, resolve_device, seed_everything
@@ -54,15 +53,6 @@ def make_step(method: str, cfg: TrainRegionsParams) -> LossStep:
     return build_step(method, **options)
 
 
-def region_scores(model: torch.nn.Module, method: str, split: TensorSplit, settings: RegionSettings,
-                  batch_size: int, device: torch.device) -> tuple[dict[str, float], list[np.ndarray]]:
-    labels = segment_images(model, method, split.images, settings, batch_size, device, desc=f"val {method}")
-    evaluator = RegionEvaluator()
-    for pred, gt in zip(labels, split.masks.numpy(), strict=True):
-        evaluator.update(pred, [gt])
-    return evaluator.compute(), labels
-
-
 def train_regions(params: Params, method: str, raw: Path, out: Path, checkpoints: Path) -> dict:
     """Train one method; writes model.pt, info.json, history.json, curves.png, val_grid.png into ``out``."""
     cfg = params.train_regions
@@ -81,7 +71,7 @@ def train_regions(params: Params, method: str, raw: Path, out: Path, checkpoints
     settings = cfg.region_settings(params.seed)
     identity = RunIdentity(
         f"{params.tracking.experiment_prefix}-regions", method,
-        fingerprint=(cfg.model_dump(), params.seed, method, sha256_bytes((data_root / MANIFEST).read_bytes())),
+        fingerprint=(cfg.model_dump(), params.seed, method, sha256_file(data_root / MANIFEST)),
         params={"train_regions": cfg.model_dump(), "method": method, "seed": params.seed, "device": str(device),
                 "output_channels": channels},
         tags={"lofiseg.stage": "train_regions", "method": method}, inputs=[str(data_root)])
@@ -89,14 +79,14 @@ def train_regions(params: Params, method: str, raw: Path, out: Path, checkpoints
     with TrainingRun(identity, checkpoints / f"{method}.pt", tracking=params.tracking.enabled,
                      tracking_required=params.tracking.required) as training:
         def validate(epoch: int, metrics: dict[str, float]) -> dict[str, float]:
-            scores, _ = region_scores(model, method, val, settings, cfg.batch_size, device)
+            scores, _ = score_split(model, method, val, settings, cfg.batch_size, device)
             return {f"val_{k}": v for k, v in scores.items()} | step.epoch_metrics(epoch)
 
         augment = [random_flip] if cfg.flip else []
         training.fit(model, optimizer, step, epoch_batches(train, cfg.batch_size, params.seed, augment), cfg.epochs,
                      validate, device=device, amp=cfg.amp, desc=f"regions {method}")
 
-        scores, labels = region_scores(model, method, val, settings, cfg.batch_size, device)
+        scores, labels = score_split(model, method, val, settings, cfg.batch_size, device)
         info = {"task": "regions", "method": method, "descriptor": descriptor_kind(method),
                 "output_channels": channels, "dataset": cfg.dataset, "image_size": cfg.image_size,
                 "epochs": cfg.epochs, "mlflow_run_id": training.run_id, "val": scores}

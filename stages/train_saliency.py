@@ -13,10 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from lofiseg.config import load_params, rate_key
-from lofiseg.data.format import MANIFEST, Dataset, sha256_bytes
+from lofiseg.data.format import MANIFEST, Dataset, sha256_file
 from lofiseg.data.loading import load_split, random_flip
 from lofiseg.infer.predict import predict_probs, saliency_channel
 from lofiseg.metrics.saliency import SaliencyMeter
@@ -31,13 +29,6 @@ from stages.cli import log, run, stage_parser
 
 CURVE_KEYS = ("train_loss", "val_fbeta_adaptive", "val_mae")
 GRID_SAMPLES = 6
-
-
-def saliency_scores(probs: torch.Tensor, masks: torch.Tensor, channel: int) -> dict[str, float]:
-    meter = SaliencyMeter()
-    for pred, gt in zip(probs[:, channel].numpy(), masks.numpy(), strict=True):
-        meter.update(pred, gt)
-    return meter.compute()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -64,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     optimizer = build_optimizer(params=model.parameters(), lr=cfg.lr, **cfg.optimizer.model_dump())
     identity = RunIdentity(
         f"{params.tracking.experiment_prefix}-saliency", name,
-        fingerprint=(cfg.model_dump(), params.seed, args.loss, args.rate, sha256_bytes((args.data / MANIFEST).read_bytes())),
+        fingerprint=(cfg.model_dump(), params.seed, args.loss, args.rate, sha256_file(args.data / MANIFEST)),
         params={"train_saliency": cfg.model_dump(), "loss": args.loss, "noise_rate": args.rate,
                 "seed": params.seed, "device": str(device)},
         tags={"lofiseg.stage": "train_saliency", "loss": args.loss, "noise_rate": rate_key(args.rate)},
@@ -75,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         def validate(epoch: int, metrics: dict[str, float]) -> dict[str, float]:
             probs = predict_probs(model, val, device=device)
             channel = saliency_channel(args.loss, probs, val.masks)
-            scores = saliency_scores(probs, val.masks, channel)
+            scores = SaliencyMeter.of(probs[:, channel].numpy(), val.masks.numpy())
             return {f"val_{k}": v for k, v in scores.items()} | {"val_channel": channel}
 
         augment = [random_flip] if cfg.flip else []
@@ -86,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         channel = saliency_channel(args.loss, probs, val.masks)
         info = {"task": "saliency", "loss": args.loss, "noise_rate": args.rate, "channel": channel,
                 "image_size": cfg.image_size, "epochs": cfg.epochs, "mlflow_run_id": training.run_id,
-                "val": saliency_scores(probs, val.masks, channel)}
+                "val": SaliencyMeter.of(probs[:, channel].numpy(), val.masks.numpy())}
         grid = qualitative_grid(val.images[:GRID_SAMPLES].permute(0, 2, 3, 1).numpy(), {
             "ground truth": [colorize_labels(m) for m in val.masks[:GRID_SAMPLES].numpy()],
             "prediction": probs[:GRID_SAMPLES, channel].numpy()})  # float: drawn as a grey score map

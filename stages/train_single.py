@@ -13,7 +13,6 @@ Checkpoints every epoch in ``--checkpoints`` (resumed after a kill), MLflow expe
 
 from __future__ import annotations
 
-import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,26 +20,28 @@ from typing import Any
 
 import torch
 
-from lofiseg.atomic import atomic_dir, atomic_write_json
 from lofiseg.config import Params, load_params
-from lofiseg.data.format import MANIFEST, Dataset, DatasetFormatError, sha256_bytes
-from lofiseg.data.labels import negative_records, require_class_records
+from lofiseg.data.format import MANIFEST, Dataset, DatasetFormatError, sha256_file
+from lofiseg.data.labels import require_class_records
 from lofiseg.data.loading import TensorSplit, load_split, random_flip
 from lofiseg.models.bundle import load_bundle
 from lofiseg.models.factory import SegmentationModel, build_model
 from lofiseg.train.loop import epoch_batches, epoch_generator, resolve_device, seed_everything
 from lofiseg.train.optim import build_optimizer
-from lofiseg.train.regularized_plan import RegularizedTraining, gt_labels, split_loader, transfer_weights
+from lofiseg.train.regularized_plan import (
+    RegularizedTraining,
+    gt_labels,
+    install_init_model,
+    negative_loader,
+    split_loader,
+    transfer_weights,
+)
 from lofiseg.train.run import RunIdentity, TrainingRun, write_json_outputs
 from lofiseg.train.steps import build_step
 from stages.cli import log, run, stage_parser
 
 REG_CURVES = ("train_loss", "loss_sparse_crf", "loss_volumetric", "loss_positional", "loss_negative", "sigma")
 GT_CURVES = ("train_loss",)
-
-
-def sha256_of(path: Path) -> str:
-    return sha256_bytes(path.read_bytes())
 
 
 def new_model(params: Params) -> SegmentationModel:
@@ -107,21 +108,13 @@ def run_init(params: Params, args: Any, device: torch.device) -> None:
             raise DatasetFormatError(f"{dataset.root}: train_single.init_from {source!r} names a data set with no "
                                      f"train image")
     else:
-        path = Path(source)
-        loaded, loaded_info = load_bundle(path)
-        transfer_weights(new_model(params), loaded, f"train_single.init_from {source!r}")
-        with atomic_dir(args.out) as tmp:
-            shutil.copyfile(path, tmp / "model.pt")
-            atomic_write_json(tmp / "info.json", {"init_from": source, "kind": "path", "source_info": loaded_info,
-                                                  "sha256": sha256_of(path)})
-            atomic_write_json(tmp / "init.json", {"init_from": source, "kind": "path"})
-        log.info("init model %s checked and copied to %s", path, args.out)
+        install_init_model(source, args.out, new_model(params), f"train_single.init_from {source!r}")
         return
     train_regularized(params, args, device, f"init-{source}", split_loader(dataset, records, f"load {source}"),
                       None, new_model(params), anneal=True, finetune=False,
                       info={"class": source if kind == "class" else None, "init_from": source, "kind": kind,
                             "images": len(records)},
-                      stamp=("init", source, sha256_of(dataset.root / MANIFEST)), inputs=[str(dataset.root)],
+                      stamp=("init", source, sha256_file(dataset.root / MANIFEST)), inputs=[str(dataset.root)],
                       files={"init.json": {"init_from": source, "kind": kind}})
 
 
@@ -130,26 +123,22 @@ def run_regularized(params: Params, args: Any, device: torch.device) -> None:
     cfg, cls = params.train_single, args.cls
     dataset = Dataset(args.data)
     records = require_class_records(dataset, cls)
-    negatives, neg_records = None, []
+    negatives, negative_count = None, 0
     if cfg.negatives and cfg.schedule.negative_epochs > 0:
-        neg_records = negative_records(dataset, cls)
-        if neg_records:
-            negatives = split_loader(dataset, neg_records, f"load negatives of {cls}")
-        else:
-            log.warning("class %r: no image of another class in %s; training without negatives", cls, args.data)
+        negatives, negative_count = negative_loader(dataset, cls)
     init_path = args.init_model / "model.pt" if args.init_model is not None else None
     model = new_model(params)
     init_sha = None
     if init_path is not None and init_path.is_file():
         transfer_weights(model, load_bundle(init_path)[0], str(init_path))
-        init_sha = sha256_of(init_path)
+        init_sha = sha256_file(init_path)
         log.info("class %r: weights from %s, no annealing", cls, init_path)
     info = {"class": cls, "init_from": cfg.init_from if init_sha else None,
             "init_model": str(init_path) if init_sha else None, "images": len(records),
-            "negative_images": len(neg_records) if negatives is not None else 0}
+            "negative_images": negative_count}
     train_regularized(params, args, device, f"{cls}-reg", split_loader(dataset, records, f"load {cls}"), negatives,
                       model, anneal=init_sha is None, finetune=True, info=info,
-                      stamp=("reg", cls, sha256_of(dataset.root / MANIFEST), init_sha), inputs=[str(args.data)])
+                      stamp=("reg", cls, sha256_file(dataset.root / MANIFEST), init_sha), inputs=[str(args.data)])
 
 
 def run_gt(params: Params, args: Any, device: torch.device) -> None:
@@ -170,7 +159,7 @@ def run_gt(params: Params, args: Any, device: torch.device) -> None:
     batches = epoch_batches(split, cfg.batch_size, params.seed, [random_flip] if cfg.flip else [])
     info = {"class": cls, "supervision": "gt", "image_size": size, "channel": 1, "images": len(records)}
     train(params, args, device, f"{cls}-gt", new_model(params), build_step("ce"), batches, cfg.gt_epochs, None,
-          info, ("gt", cls, size, sha256_of(dataset.root / MANIFEST)), [str(args.data)], split.images[:1], GT_CURVES)
+          info, ("gt", cls, size, sha256_file(dataset.root / MANIFEST)), [str(args.data)], split.images[:1], GT_CURVES)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -71,6 +71,15 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
+    """The sha256 hex digest of a file, read in chunks (same digest as :func:`sha256_bytes` of its bytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk_bytes), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def encode_png(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG", optimize=False, compress_level=1)

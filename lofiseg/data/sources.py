@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlsplit
 from tqdm import tqdm
 
 from lofiseg.atomic import atomic_write_json
+from lofiseg.data.format import sha256_file
 from lofiseg.data.transfer import (
     USER_AGENT,
     PermanentError,
@@ -65,14 +66,6 @@ class TransferError(SourceError):
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(CHUNK_BYTES), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def uri_scheme(uri: str) -> str:
     """``"http"`` (also https), ``"s3"`` or ``"local"`` (a path or ``file://`` URI)."""

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from lofiseg.data.loading import rescale_images
+from lofiseg.data.loading import TensorSplit, rescale_images
 from lofiseg.infer.clustering import cluster_descriptors, merge_small_regions
 from lofiseg.infer.dense_crf import CRFParams
 from lofiseg.infer.meanshift import cosine_threshold, mean_shift, refine_multiresolution
@@ -183,3 +183,14 @@ class RegionEvaluator:
             "boundary_iou": segments["boundary_iou"],
         }
         return {k: (float(v) if math.isfinite(v) else float("nan")) for k, v in scores.items()}
+
+
+def score_split(model: torch.nn.Module, method: str, split: TensorSplit, settings: RegionSettings, batch_size: int,
+                device: torch.device) -> tuple[dict[str, float], list[np.ndarray]]:
+    """An in-memory split with masks (training's validation) segmented with ``method``'s inference routine and
+    scored against its one ground truth per image; also the label maps."""
+    labels = segment_images(model, method, split.images, settings, batch_size, device, desc=f"val {method}")
+    evaluator = RegionEvaluator()
+    for pred, gt in zip(labels, split.masks.numpy(), strict=True):
+        evaluator.update(pred, [gt])
+    return evaluator.compute(), labels

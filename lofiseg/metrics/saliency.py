@@ -25,6 +25,8 @@ An image without any evaluated pixel raises ValueError.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -222,6 +224,14 @@ class SaliencyMeter:
             values.append(scores[key])
         self._curve_sum += curve
         self.num_images += 1
+
+    @classmethod
+    def of(cls, preds: Iterable[MapArray], gts: Iterable[MapArray], **options: Any) -> dict[str, float]:
+        """The metrics of a whole set at once: every (pred, gt) pair through :meth:`update`, then :meth:`compute`."""
+        meter = cls(**options)
+        for pred, gt in zip(preds, gts, strict=True):
+            meter.update(pred, gt)
+        return meter.compute()
 
     def compute(self) -> dict[str, float]:
         """Keys mae, fbeta_adaptive, fbeta_max, fbeta_weighted, s_measure; ValueError before any update."""

@@ -16,18 +16,26 @@ Nothing here opens a mask: the regularized models see images and tags only.
 
 from __future__ import annotations
 
+import logging
 import math
+import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from lofiseg.data.format import IGNORE, Dataset, Record
+from lofiseg.atomic import atomic_dir, atomic_write_json
+from lofiseg.data.format import IGNORE, Dataset, Record, sha256_file
+from lofiseg.data.labels import negative_records
 from lofiseg.data.loading import Augment, TensorSplit, iterate_batches, load_split, to_float
 from lofiseg.losses.regularized import CompleteRegularizedLoss, RegularizedLossSchedule, StageParams
+from lofiseg.models.bundle import load_bundle
 from lofiseg.models.factory import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel
+
+log = logging.getLogger(__name__)
 
 TERMS = ("sparse_crf", "volumetric", "positional", "negative")
 ARCH_KEYS = ("arch", "num_classes", "encoder", "width", "encoder_depth", "normalize_input")
@@ -175,6 +183,30 @@ class RegularizedTraining:
                 "sigma_rule": schedule.sigma_rule, "normal_lambda_reg": schedule.normal_lambda_reg,
                 "lambda_neg": schedule.lambda_neg, "volumetric_target": loss.target_fraction,
                 "volumetric_min": loss.min_fraction}
+
+
+def negative_loader(dataset: Dataset, cls: str) -> tuple[Callable[[int], TensorSplit] | None, int]:
+    """The other classes' train images as negatives of ``cls`` (Eq. 7): their loader and count; (None, 0) with a
+    warning when the set holds no other class."""
+    records = negative_records(dataset, cls)
+    if not records:
+        log.warning("class %r: no image of another class in %s; training without negatives", cls, dataset.root)
+        return None, 0
+    return split_loader(dataset, records, f"load negatives of {cls}"), len(records)
+
+
+def install_init_model(source: str, out: Path, reference: SegmentationModel, what: str) -> None:
+    """A start model given as a file (``init_from: path.pt``): checked against ``reference``'s architecture
+    (:func:`transfer_weights`), then copied into ``out`` with its info, its sha256 and ``init.json``."""
+    path = Path(source)
+    loaded, loaded_info = load_bundle(path)
+    transfer_weights(reference, loaded, what)
+    with atomic_dir(out) as tmp:
+        shutil.copyfile(path, tmp / "model.pt")
+        atomic_write_json(tmp / "info.json", {"init_from": source, "kind": "path", "source_info": loaded_info,
+                                              "sha256": sha256_file(path)})
+        atomic_write_json(tmp / "init.json", {"init_from": source, "kind": "path"})
+    log.info("init model %s checked and copied to %s", path, out)
 
 
 def split_loader(dataset: Dataset, records: list[Record], desc: str) -> Callable[[int], TensorSplit]:
