@@ -28,11 +28,9 @@ from lofiseg.atomic import atomic_write_json, atomic_write_text
 from lofiseg.config import Params, load_params
 from lofiseg.data.format import Dataset
 from lofiseg.evaluate.regions import metrics_by_method, score_region_models
-from lofiseg.provenance import standard_tags
-from lofiseg.track.tracker import Tracker
 from lofiseg.viz.images import image_grid, random_colours, save_png
 from lofiseg.viz.regions_report import contour_region_table, segment_table
-from stages.cli import flatten_metrics, run, stage_parser
+from stages.cli import run, stage_parser, tracked_evaluation
 
 
 def evaluate_regions(params: Params, models_root: Path, raw: Path, metrics_path: Path,
@@ -76,13 +74,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--report", type=Path, default=Path("reports/regions"))
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    tags = {**standard_tags(".", [str(args.raw), str(args.models)]), "lofiseg.stage": "evaluate_regions"}
-    with Tracker(f"{params.tracking.experiment_prefix}-evaluation", "evaluate_regions", tags=tags,
-                 enabled=params.tracking.enabled, required=params.tracking.required) as tracker:
-        metrics, files = evaluate_regions(params, args.models, args.raw, args.metrics / "regions.json", args.report)
-        tracker.log_metrics({k: v for k, v in flatten_metrics(metrics, "regions.").items() if np.isfinite(v)}, step=0)
-        for file in files:
-            tracker.log_artifact(file, "regions")
+    tracked_evaluation(params, "evaluate_regions", [args.raw, args.models], "regions", args.report,
+                       lambda: evaluate_regions(params, args.models, args.raw, args.metrics / "regions.json",
+                                                args.report))
 
 
 if __name__ == "__main__":

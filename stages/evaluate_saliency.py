@@ -23,11 +23,9 @@ from lofiseg.data.loading import load_split
 from lofiseg.evaluate.saliency import score_saliency
 from lofiseg.infer.predict import predict_probs
 from lofiseg.models.bundle import load_bundle
-from lofiseg.provenance import standard_tags
-from lofiseg.track.tracker import Tracker
 from lofiseg.viz.figures import lines_figure, markdown_table, save_figure
 from lofiseg.viz.images import colorize_labels, image_grid, save_png
-from stages.cli import flatten_metrics, log, run, stage_parser
+from stages.cli import log, run, stage_parser, tracked_evaluation
 
 
 def table3(metrics: dict, losses: Sequence[str], rates: Sequence[str], eval_set: str) -> str:
@@ -106,14 +104,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--report", type=Path, default=Path("reports/saliency"))
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    tags = {**standard_tags(".", [str(args.raw), str(args.saliency_models)]), "lofiseg.stage": "evaluate_saliency"}
-    with Tracker(f"{params.tracking.experiment_prefix}-evaluation", "evaluate_saliency", tags=tags,
-                 enabled=params.tracking.enabled, required=params.tracking.required) as tracker:
-        metrics, files = evaluate_saliency(params, args.saliency_models, args.raw, args.noisy,
-                                           args.metrics / "saliency.json", args.report)
-        tracker.log_metrics(flatten_metrics(metrics, "saliency."), step=0)
-        for file in files:
-            tracker.log_artifact(file, "saliency" if file.parent.name != "plots" else "saliency/plots")
+    tracked_evaluation(params, "evaluate_saliency", [args.raw, args.saliency_models], "saliency", args.report,
+                       lambda: evaluate_saliency(params, args.saliency_models, args.raw, args.noisy,
+                                                 args.metrics / "saliency.json", args.report))
 
 
 if __name__ == "__main__":

@@ -32,8 +32,6 @@ from lofiseg.evaluate.semantic import (
     score_pseudo_labels,
     score_single_class,
 )
-from lofiseg.provenance import standard_tags
-from lofiseg.track.tracker import Tracker
 from lofiseg.viz.figures import bars_figure, save_figure
 from lofiseg.viz.images import save_png
 from lofiseg.viz.semantic_report import (
@@ -44,7 +42,7 @@ from lofiseg.viz.semantic_report import (
     test_time_words,
     training_augmentation,
 )
-from stages.cli import flatten_metrics, log, run, stage_parser
+from stages.cli import log, run, stage_parser, tracked_evaluation
 
 SUPERVISIONS = ("pseudo", "gt", "web_gt")  # web_gt: DeepLab on the web images' ground truth (the ceiling)
 
@@ -120,15 +118,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = load_params(args.params)
     torch.set_grad_enabled(False)
-    tags = {**standard_tags(".", [str(args.raw), str(args.pseudo), str(args.deeplab_models)]),
-            "lofiseg.stage": "evaluate_semantic"}
-    with Tracker(f"{params.tracking.experiment_prefix}-evaluation", "evaluate_semantic", tags=tags,
-                 enabled=params.tracking.enabled, required=params.tracking.required) as tracker:
-        metrics, files = evaluate(params, args.raw, args.web, args.pseudo, args.single_models, args.deeplab_models,
-                                  args.metrics / "semantic.json", args.report)
-        tracker.log_metrics(flatten_metrics(metrics, "semantic."), step=0)
-        for file in files:
-            tracker.log_artifact(file, "semantic")
+    tracked_evaluation(params, "evaluate_semantic", [args.raw, args.pseudo, args.deeplab_models], "semantic",
+                       args.report, lambda: evaluate(params, args.raw, args.web, args.pseudo, args.single_models,
+                                                     args.deeplab_models, args.metrics / "semantic.json",
+                                                     args.report))
 
 
 if __name__ == "__main__":

@@ -297,3 +297,31 @@ def test_importing_the_tracker_does_not_import_mlflow() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           cwd=LOFISEG.parent)
     assert done.stdout.strip() == "[]"
+
+
+def test_an_evaluate_stage_logs_finite_metrics_and_its_files_in_one_run(tmp_path, monkeypatch, client) -> None:
+    """stages.cli.tracked_evaluation: one run per evaluate stage, metrics under the task (NaN left out: MLflow
+    compares runs by them), files under the task's folder, a report subfolder kept."""
+    from lofiseg.config import load_params
+    from stages.cli import tracked_evaluation
+
+    params = load_params(Path(__file__).resolve().parent.parent / "params.yaml")
+    params = params.model_copy(update={"tracking": params.tracking.model_copy(update={"experiment_prefix": "evalstage"})})
+    monkeypatch.chdir(tmp_path)
+    report = Path("reports/regions")
+    (report / "plots").mkdir(parents=True)
+
+    def evaluate() -> tuple[dict, list[Path]]:
+        files = [report / "table.md", report / "plots" / "curve.csv"]
+        for file in files:
+            file.write_text("x")
+        return {"cas": {"covering": 0.5, "vi": float("nan"), "name": "cas"}}, files
+
+    metrics = tracked_evaluation(params, "evaluate_regions", [Path("data/raw")], "regions", report, evaluate)
+    assert metrics["cas"]["covering"] == 0.5
+    experiment = client.get_experiment_by_name("evalstage-evaluation")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == "evaluate_regions" and run.data.tags["lofiseg.stage"] == "evaluate_regions"
+    assert run.data.metrics == {"regions.cas.covering": 0.5}
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "regions")] == ["regions/plots", "regions/table.md"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "regions/plots")] == ["regions/plots/curve.csv"]
