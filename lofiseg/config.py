@@ -546,6 +546,13 @@ class GateParams(StrictModel):
     min_improvement: Annotated[float, Field(ge=0.0)] = 0.0
 
 
+class ServeParams(StrictModel):
+    """How a registered model predicts (lofiseg.infer.served): test-time scales and flip, as it was evaluated."""
+
+    scales: list[ScaleFactor] = Field(default_factory=lambda: [1.0], min_length=1)
+    flip: bool = False
+
+
 class RegisteredModel(StrictModel):
     bundle: Annotated[str, Field(min_length=1)]  # folder holding model.pt
     metrics: Annotated[str, Field(min_length=1)]  # metrics JSON the gate reads
@@ -554,6 +561,7 @@ class RegisteredModel(StrictModel):
     # part of the evaluation identity, so a metric measured another way is never compared with the champion's
     eval_params: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     gate: GateParams
+    serve: ServeParams = Field(default_factory=ServeParams)  # the registered model's test-time inference
 
 
 class RegistryParams(StrictModel):

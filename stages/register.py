@@ -3,7 +3,9 @@
 For every model: its bundle becomes a new version with alias ``challenger``, tagged with the evaluation set's
 identity (:func:`eval_set_identity`, plus the values of the model's ``eval_params``: how the metric was measured)
 and its metrics; alias ``champion`` moves to it only if its gate metric (a "/"-path into the metrics JSON) beats
-the champion's on the same evaluation set, measured the same way, by ``min_improvement`` (lofiseg.track.registry.decide). The
+the champion's on the same evaluation set, measured the same way, by ``min_improvement`` (lofiseg.track.registry.decide).
+The registered model predicts with the test-time scales and flip of its ``serve`` params (for DeepLab, YAML
+anchors to evaluate.semantic_scales / semantic_flip: the model the gate scored) and loads without lofiseg. The
 outcome is written to ``--out``: with ``--model`` (how dvc.yaml runs it, one stage per model) that model's
 result; without it, every model's under ``models``. Everything is checked (bundles, metrics files, gate metric
 paths, the store) before anything is registered.
@@ -90,7 +92,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             name, todo["bundle"], metrics=todo["metrics"], eval_set=todo["eval_set"],
             eval_data=spec.eval_data, gate_metric=spec.gate.metric, direction=spec.gate.direction,
             min_improvement=spec.gate.min_improvement,
-            experiment=f"{params.tracking.experiment_prefix}-registry", tags=tags)
+            experiment=f"{params.tracking.experiment_prefix}-registry", tags=tags,
+            scales=spec.serve.scales, flip=spec.serve.flip)
         log.info("%s v%s %s: %s", name, result.version, result.decision, result.reason)
         results[name] = {**result.to_dict(), "metrics": todo["metrics"]}
     atomic_write_json(args.out, results[args.model] if args.model else {"enabled": True, "models": results})

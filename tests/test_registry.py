@@ -130,7 +130,12 @@ def test_first_is_champion_better_promoted_worse_stays_challenger(registry: Regi
     assert run.data.metrics[METRIC] == pytest.approx(0.60)
     info = track_store.import_mlflow().models.get_model_info(f"models:/{name}/1")
     assert info.saved_input_example_info["artifact_path"] == "input_example.json"
-    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 3, -1, -1)
+    (images,), (labels,) = info.signature.inputs.to_dict(), info.signature.outputs.to_dict()
+    assert (images["tensor-spec"], labels["tensor-spec"]) == ({"dtype": "uint8", "shape": (-1, -1, -1, 3)},
+                                                              {"dtype": "uint8", "shape": (-1, -1, -1)})
+    requirements = (Path(track_store.import_mlflow().artifacts.download_artifacts(f"models:/{name}/1"))
+                    / "requirements.txt").read_text()  # public packages, pinned: never lofiseg
+    assert sorted(line.split("==")[0] for line in requirements.splitlines()) == ["mlflow", "numpy", "torch"]
 
     better = register(registry, name, make_bundle(tmp_path / "b", 1), 0.62)  # +0.02 >= 0.005
     assert (better.version, better.promote, better.champion_version, better.champion) == ("2", True, "1", "2")

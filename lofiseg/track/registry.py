@@ -3,8 +3,10 @@
 Part of :mod:`lofiseg.track`, the only package of lofiseg that imports mlflow (lazily, through
 :func:`lofiseg.track.store.import_mlflow`).
 
-Each registration is a ``register-<name>`` run that logs the bundle's model with its signature and an input
-example, then becomes a new version of the registered model ``name`` with alias ``challenger`` and tags: the
+Each registration is a ``register-<name>`` run that logs the bundle's model as served
+(:meth:`Tracker.log_served_model`: a TorchScript :class:`~lofiseg.infer.served.ServedSegmenter` that predicts
+with the test-time scales and flip the gate metric was measured with, loadable and servable without lofiseg)
+with its signature and an input example, then becomes a new version of the registered model ``name`` with alias ``challenger`` and tags: the
 evaluation set's hash (``lofiseg.eval_set``, the DVC md5 of ``eval_data``), metric values
 (``lofiseg.metric.<path>``), the gate, the git commit and the training run the bundle came from.
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -150,9 +152,9 @@ def load_registrable(bundle: str | os.PathLike) -> tuple[torch.nn.Module, dict[s
     return model, info
 
 
-def example_input(size: int, seed: int = 0) -> np.ndarray:
-    """A fixed (1, 3, size, size) float32 image in [0, 1]: the input example logged with the model."""
-    return np.random.default_rng(seed).random((1, 3, size, size), dtype=np.float32)
+def example_images(size: int, seed: int = 0) -> np.ndarray:
+    """A fixed (1, size, size, 3) uint8 RGB image: the input example logged with the served model."""
+    return np.random.default_rng(seed).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
 
 
 def _float_tag(tags: Mapping[str, str], key: str) -> float | None:
@@ -229,17 +231,24 @@ class Registry:
     def register(self, name: str, bundle: str | os.PathLike, *, metrics: Mapping[str, float],
                  eval_set: str | None, eval_data: str, gate_metric: str, direction: Direction,
                  min_improvement: float, experiment: str = "lofiseg-registry",
-                 tags: Mapping[str, str] | None = None) -> tuple[str, str]:
+                 tags: Mapping[str, str] | None = None, scales: Sequence[float] = (1.0,),
+                 flip: bool = False) -> tuple[str, str]:
         """Log the bundle's model in a ``register-<name>`` run and make it a new version, alias ``challenger``.
 
         ``metrics`` ("/"-path -> value, the gate metric among them) are logged to the run and tagged on the
         version; ``eval_set`` is the evaluation set's hash (None: unknown); ``tags`` (e.g.
-        :func:`lofiseg.provenance.standard_tags`) go on both. Returns (version, register run id).
+        :func:`lofiseg.provenance.standard_tags`) go on both. The model predicts at the bundle's training size
+        with the test-time ``scales`` and ``flip`` (:func:`lofiseg.infer.served.export_segmenter`). Returns
+        (version, register run id).
         """
+        from lofiseg.infer.served import export_segmenter
+
         if gate_metric not in metrics:
             raise ValueError(f"metrics: the gate metric {gate_metric!r} is missing; got {sorted(metrics)}")
         model, info = load_registrable(bundle)
-        example = example_input(int(info.get("image_size", 64)))
+        size = int(info.get("image_size") or 64)
+        example = example_images(size)
+        served = export_segmenter(model, size, scales, flip)
         version_tags = {
             **{str(k): str(v) for k, v in (tags or {}).items()},
             TAG_EVAL_SET: eval_set or UNKNOWN,
@@ -249,7 +258,7 @@ class Registry:
             f"{TAG_GATE}direction": direction,
             f"{TAG_GATE}min_improvement": repr(float(min_improvement)),
             TAG_BUNDLE: str(bundle),
-            TAG_IMAGE_SIZE: str(example.shape[-1]),
+            TAG_IMAGE_SIZE: str(size),
         }
         if info.get("mlflow_run_id"):
             version_tags[TAG_SOURCE_RUN] = str(info["mlflow_run_id"])
@@ -257,9 +266,10 @@ class Registry:
         with Tracker(experiment, f"register-{name}", uri=self.uri, tags=run_tags) as tracker:
             tracker.log_params({"bundle": str(bundle), "model_config": getattr(getattr(model, "model", model), "config", {}),
                                 "gate": {"metric": gate_metric, "direction": direction,
-                                         "min_improvement": min_improvement}})
+                                         "min_improvement": min_improvement},
+                                "test_time": {"scales": list(served.scales), "flip": served.flip}})
             tracker.log_metrics(dict(metrics), step=0)
-            model_uri = tracker.log_model(model, "model", example, save_example=True)
+            model_uri = tracker.log_served_model(served, "model", example)
             model_id = model_uri.removeprefix("models:/")  # MLflow 3: a logged model's URI names its id
             self._ensure_model(name)
             created = self.client.create_model_version(
@@ -327,11 +337,13 @@ class Registry:
     def register_and_gate(self, name: str, bundle: str | os.PathLike, *, metrics: Mapping[str, float],
                           eval_set: str | None, eval_data: str, gate_metric: str, direction: Direction,
                           min_improvement: float, experiment: str = "lofiseg-registry",
-                          tags: Mapping[str, str] | None = None) -> GateResult:
+                          tags: Mapping[str, str] | None = None, scales: Sequence[float] = (1.0,),
+                          flip: bool = False) -> GateResult:
         """:meth:`register`, :meth:`gate` and :meth:`apply` in one go."""
         version, run_id = self.register(name, bundle, metrics=metrics, eval_set=eval_set, eval_data=eval_data,
                                         gate_metric=gate_metric, direction=direction,
-                                        min_improvement=min_improvement, experiment=experiment, tags=tags)
+                                        min_improvement=min_improvement, experiment=experiment, tags=tags,
+                                        scales=scales, flip=flip)
         decision, champion_version, champion_value = self.gate(name, version, gate_metric, direction,
                                                                min_improvement)
         change = self.apply(name, version, decision)
