@@ -12,6 +12,7 @@ params sections convert to them once (``schedule.loss_schedule()``, ``train_regi
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import os
 import re
 import typing
@@ -589,6 +590,40 @@ class RetrainParams(StrictModel):
     push: bool = True
 
 
+class StagePolicy(StrictModel):
+    """How the Prefect flows run one stage: more attempts after a failure, and the time its command may take."""
+
+    retries: Annotated[int, Field(ge=0, le=20)] = 0
+    retry_delay_seconds: Annotated[int, Field(ge=0)] = 10
+    timeout_seconds: Annotated[int, Field(ge=1)] = 6 * 3600
+
+
+def _default_stage_policies() -> dict[str, StagePolicy]:
+    return {"download": StagePolicy(retries=2), "web": StagePolicy(retries=2), "train_*": StagePolicy()}
+
+
+class OrchestrationParams(StrictModel):
+    """``orchestration`` (flows/pipeline.py, flows/worker.py): per-stage retries and timeout. No stage reads it
+    (it is no DVC param of any stage): it changes no number."""
+
+    stages: dict[str, StagePolicy] = Field(default_factory=_default_stage_policies)  # fnmatch pattern -> policy
+
+    @field_validator("stages")
+    @classmethod
+    def _patterns(cls, value: dict[str, StagePolicy]) -> dict[str, StagePolicy]:
+        for pattern in value:
+            if not pattern or pattern != pattern.strip():
+                raise ValueError(f"stage pattern {pattern!r} must be a non-empty fnmatch pattern without "
+                                 "surrounding spaces (e.g. train_*, pseudo_label@*)")
+        return value
+
+    def stage_policy(self, stage: str) -> StagePolicy:
+        """The policy of the first pattern, in params order, matching ``stage`` (DVC's name, e.g.
+        ``train_single@sun``); the defaults (no retry, 6 h) if none does."""
+        return next((policy for pattern, policy in self.stages.items() if fnmatch.fnmatchcase(stage, pattern)),
+                    StagePolicy())
+
+
 class EvaluateParams(StrictModel):
     saliency_sets: list[str] = Field(default_factory=lambda: ["saliency"])  # data sets with a test split
     semantic_sets: list[str] = Field(default_factory=lambda: ["scenes"])  # DeepLab mIoU on their test split
@@ -674,6 +709,7 @@ class Params(StrictModel):
     evaluate: EvaluateParams = EvaluateParams()
     registry: RegistryParams = RegistryParams()
     retrain: RetrainParams = RetrainParams()
+    orchestration: OrchestrationParams = OrchestrationParams()
 
     @model_validator(mode="after")
     def _cross_refs(self) -> Params:
