@@ -357,14 +357,12 @@ class Dataset:
                     raise DatasetFormatError(f"{self.root / MANIFEST}: sample {record.id!r} has no mask")
                 continue
             mask_path = self.root / record.mask
+            mask = read_mask(mask_path)
+            check_mask(mask, str(mask_path), image.shape[:2], max_label, allow_empty)
             if check_sha256 and record.mask_sha256:
-                if not mask_path.is_file():
-                    raise DatasetFormatError(f"{mask_path}: mask file is missing")
                 digest = sha256_bytes(mask_path.read_bytes())
                 if digest != record.mask_sha256:
                     raise DatasetFormatError(f"{mask_path}: sha256 {digest[:12]}... does not match the manifest")
-            mask = read_mask(mask_path)
-            check_mask(mask, str(mask_path), image.shape[:2], max_label, allow_empty)
 
 
 def dataset_digest(root: str | os.PathLike) -> str:
