@@ -19,7 +19,8 @@ from lofiseg.config import SyntheticScenes, load_params, parse_params
 from lofiseg.data.augment import augmentations
 from lofiseg.data.format import Dataset, DatasetWriter, Sample, sha256_file
 from lofiseg.data.labels import class_names_json, remap_labels
-from lofiseg.data.supervision import NoWebTruth, split_records
+from lofiseg.data.loading import TensorSplit
+from lofiseg.data.supervision import NoWebTruth, split_records, tensor_digest
 from lofiseg.data.synthetic import generate_scenes, generate_web
 from lofiseg.models.bundle import load_bundle
 from lofiseg.track.runs import TAG_BUNDLE_SHA256, bundle_run
@@ -362,3 +363,16 @@ def test_augment_settings_are_the_transforms_and_read_back_in_words(tmp_path):
     assert training_augmentation(info) == "2x2 mosaics (0.25), flip, blur, rescale 0.5-2"
     info.write_text(json.dumps({"augment": {"mosaic": 0.0, "flip": False, "blur": False, "rescale": None}}))
     assert training_augmentation(info) == "none"
+
+
+def test_the_data_fingerprint_moves_with_one_mask_pixel() -> None:
+    """train_deeplab's checkpoint fingerprint digests exactly what training sees: the same images with one
+    corrected mask pixel are other data (a checkpoint made from the old masks is not resumed)."""
+    images = torch.arange(2 * 3 * 4 * 4, dtype=torch.uint8).reshape(2, 3, 4, 4)
+    masks = torch.zeros(2, 4, 4, dtype=torch.uint8)
+    split = TensorSplit(images, masks, ["a", "b"], [(), ()])
+    corrected = masks.clone()
+    corrected[1, 2, 3] = 1
+    assert tensor_digest(split, split) == tensor_digest(TensorSplit(images.clone(), masks.clone(), ["a", "b"],
+                                                                    [(), ()]), split)
+    assert tensor_digest(TensorSplit(images, corrected, ["a", "b"], [(), ()]), split) != tensor_digest(split, split)
