@@ -18,6 +18,7 @@ from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
 
 from lofiseg.config import ParamsError
+from lofiseg.data.format import sha256_file
 from lofiseg.models.bundle import save_bundle
 from lofiseg.models.factory import build_model
 from lofiseg.track import models as track_models
@@ -34,7 +35,9 @@ from lofiseg.track.registry import (
     RegistryError,
     decide,
 )
+from lofiseg.track.runs import TAG_BUNDLE_SHA256, bundle_run
 from lofiseg.track.store import TrackingUnavailable
+from lofiseg.track.tracker import Tracker
 from stages.cli import run
 from tests.pipeline_repo import PROJECT
 
@@ -112,6 +115,23 @@ def test_decide_rejects_bad_arguments() -> None:
 
 
 # --- registration and promotion -------------------------------------------------------------------------------
+
+def test_the_source_run_is_the_training_run_that_wrote_the_model_file(registry: Registry, store: str,
+                                                                        tmp_path: Path) -> None:
+    """model.pt holds no run id (a DVC output stays byte-identical across runs): the registry finds the training
+    run by the file's sha256, which the run carries as a tag; no such run, no source-run tag."""
+    bundle = make_bundle(tmp_path / "b", 3)
+    assert bundle_run(bundle / "model.pt", uri=store) is None
+    unknown = register(registry, "source-run", bundle, 0.5)
+    assert TAG_SOURCE_RUN not in registry.version("source-run", unknown.version).tags
+    with Tracker("training", "writes-b", uri=store) as training:
+        training.set_tags({TAG_BUNDLE_SHA256: sha256_file(bundle / "model.pt")})
+    with Tracker("training", "other-model", uri=store) as other:
+        other.set_tags({TAG_BUNDLE_SHA256: "0" * 64})
+    assert bundle_run(bundle / "model.pt", uri=store) == training.run_id
+    found = register(registry, "source-run", bundle, 0.5)
+    assert registry.version("source-run", found.version).tags[TAG_SOURCE_RUN] == training.run_id
+
 
 def test_first_is_champion_better_promoted_worse_stays_challenger(registry: Registry, tmp_path: Path) -> None:
     name = "gate-order"
@@ -362,15 +382,16 @@ def test_register_stages_depend_on_their_own_model_entry_only() -> None:
             assert sorted(params) == ["registry.enabled", f"registry.models.{name}", "tracking"]
 
 
-def test_eval_set_identity_is_the_data_set_manifest_or_the_dvc_hash(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_eval_set_identity_is_the_data_set_content_or_the_dvc_hash(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from lofiseg.evaluate.gate import eval_set_identity
 
     monkeypatch.chdir(tmp_path)
     scenes = tmp_path / "data/raw/scenes"
     scenes.mkdir(parents=True)
     (scenes / "manifest.csv").write_text("id,split,tags,image,mask,source,sha256\n")
-    expected = "manifest-sha256:" + hashlib.sha256(b"id,split,tags,image,mask,source,sha256\n").hexdigest()
+    # an empty set with no side file: its digest is the manifest's
+    expected = "dataset-sha256:" + hashlib.sha256(b"id,split,tags,image,mask,source,sha256\n").hexdigest()
     assert eval_set_identity("data/raw/scenes") == expected
     (tmp_path / "data/raw/web").mkdir()  # a sibling set changing does not change the scenes' identity
     assert eval_set_identity("data/raw/scenes") == expected

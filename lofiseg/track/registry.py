@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from lofiseg.track.runs import bundle_run
 from lofiseg.track.store import check_store, default_tracking_uri, import_mlflow
 from lofiseg.track.tracker import Tracker
 
@@ -135,6 +136,12 @@ class Change:
 
 # --- inputs -------------------------------------------------------------------------------------------------
 
+def bundle_file(bundle: str | os.PathLike) -> Path:
+    """The model file of a bundle folder (``<folder>/model.pt``) or the file itself."""
+    path = Path(bundle)
+    return path / BUNDLE_FILE if path.is_dir() else path
+
+
 def load_registrable(bundle: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The model a bundle folder (``<folder>/model.pt``) or file holds, as registered and predicted with.
 
@@ -145,8 +152,7 @@ def load_registrable(bundle: str | os.PathLike) -> tuple[torch.nn.Module, dict[s
     from lofiseg.models.bundle import load_bundle
     from lofiseg.models.channel import ChannelSelected
 
-    path = Path(bundle)
-    model, info = load_bundle(path / BUNDLE_FILE if path.is_dir() else path)
+    model, info = load_bundle(bundle_file(bundle))
     if info.get("task") == "saliency" and info.get("channel") is not None:
         return ChannelSelected(model, int(info["channel"])).eval(), info
     return model, info
@@ -260,8 +266,10 @@ class Registry:
             TAG_BUNDLE: str(bundle),
             TAG_IMAGE_SIZE: str(size),
         }
-        if info.get("mlflow_run_id"):
-            version_tags[TAG_SOURCE_RUN] = str(info["mlflow_run_id"])
+        # the training run tagged with this model.pt's sha256 (bundles written before that name it in info)
+        source_run = info.get("mlflow_run_id") or bundle_run(bundle_file(bundle), uri=self.uri)
+        if source_run:
+            version_tags[TAG_SOURCE_RUN] = str(source_run)
         run_tags = {**version_tags, "lofiseg.stage": "register", "lofiseg.registered_model": name}
         with Tracker(experiment, f"register-{name}", uri=self.uri, tags=run_tags) as tracker:
             tracker.log_params({"bundle": str(bundle), "model_config": getattr(getattr(model, "model", model), "config", {}),
