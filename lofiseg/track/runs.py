@@ -1,4 +1,5 @@
-"""Reading runs back from the MLflow store: by tag, by id, or every run of an experiment (for comparisons)."""
+"""Reading runs back from the MLflow store (by tag, by id, or every run of an experiment, for comparisons), and
+tagging them after the fact."""
 
 from __future__ import annotations
 
@@ -23,6 +24,17 @@ def runs_with_tag(key: str, value: str, *, uri: str | None = None) -> list[dict[
     return [{"run_id": r.info.run_id, "experiment_id": r.info.experiment_id, "run_name": r.info.run_name,
              "status": r.info.status} for r in runs]
 
+
+def tag_runs(run_ids: Sequence[str], tags: dict[str, str], *, uri: str | None = None) -> None:
+    """Set ``tags`` on each of the runs ``run_ids`` (e.g. the commit that versions what they produced)."""
+    if isinstance(run_ids, str):
+        raise TypeError(f"run_ids: expected a list of MLflow run ids, got the string {run_ids!r}")
+    uri = uri or default_tracking_uri(Path.cwd())
+    check_store(uri)
+    client = mlflow_client(uri)
+    for run_id in run_ids:
+        for key, value in tags.items():
+            client.set_tag(check_name("run_ids", run_id), key, str(value))
 
 
 # --- reading runs back (for comparisons) ------------------------------------------------------------------
