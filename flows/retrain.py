@@ -198,6 +198,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     result = retrain(args.repo, args.remote, False if args.no_push else None, args.targets)
     print(decisions_markdown(result["decisions"]))
+    print(f"results on branch {result['branch']} ({result['commit']}), "
+          f"{'pushed' if result['git_pushed'] else 'not pushed'}" if result["commit"] else
+          "nothing changed: no commit, no branch")
 
 
 if __name__ == "__main__":
