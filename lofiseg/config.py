@@ -570,6 +570,8 @@ class RegistryParams(StrictModel):
 
     enabled: bool = True
     models: dict[str, RegisteredModel] = Field(default_factory=dict)
+    # the git branch champion may move from; a DVC experiment or any other branch registers challengers only
+    promote_from: Annotated[str, Field(min_length=1)] = "main"
 
     @field_validator("models")
     @classmethod
@@ -588,6 +590,7 @@ class RetrainParams(StrictModel):
     work_pool: Annotated[str, Field(min_length=1)] = "gpu"
     dvc_remote: str | None = None  # null: the default remote; pull at start, push at the end
     push: bool = True
+    git_remote: Annotated[str, Field(min_length=1)] = "origin"  # where the retrain/<date>-<run> branch is pushed
 
 
 class StagePolicy(StrictModel):

@@ -15,6 +15,10 @@ evaluated on the same evaluation set, by at least ``min_improvement``; the first
 Every decision and its reason are tags on the version (``lofiseg.decision``, ``lofiseg.reason``). A version
 that becomes champion remembers the one it replaced (``lofiseg.previous_champion``), so :meth:`Registry.rollback`
 can walk back one promotion at a time.
+
+Only the branch ``promote_from`` moves ``champion``: a registration inside a DVC experiment, on another git
+branch or on a detached HEAD is held (:func:`promotion_hold`): it stays challenger whatever the gate says, and
+its reason says why and what the gate alone would have done.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import numpy as np
 from lofiseg.track.runs import bundle_run
 from lofiseg.track.store import check_store, default_tracking_uri, import_mlflow
 from lofiseg.track.tracker import Tracker
+from lofiseg.track.values import check_name
 
 if TYPE_CHECKING:
     import torch
@@ -49,6 +54,8 @@ TAG_SOURCE_RUN = "lofiseg.source_run"  # the training run that produced the bund
 TAG_REGISTER_RUN = "lofiseg.register_run"
 TAG_BUNDLE = "lofiseg.bundle"
 TAG_IMAGE_SIZE = "lofiseg.image_size"  # training image side: predict's default input size
+TAG_EXPERIMENT = "dvc.experiment"  # the DVC experiment a version was registered from
+TAG_BRANCH = "git.branch"  # the git branch it was registered from (a retrain: the branch its results are on)
 UNKNOWN = "unknown"
 BUNDLE_FILE = "model.pt"
 Direction = Literal["maximize", "minimize"]
@@ -96,6 +103,21 @@ def decide(challenger: float, champion: float | None, direction: Direction, min_
     return Decision(True, f"better: {versus} >= required {min_improvement:g})")
 
 
+def promotion_hold(*, experiment: str | None, branch: str | None, in_git: bool, promote_from: str) -> str | None:
+    """Why ``champion`` must not move from where a registration runs; None if it may.
+
+    Inside a DVC experiment (``experiment``: its name) never; in git, only on branch ``promote_from`` (a
+    detached HEAD is no branch); outside git (nothing to tell) the gate alone decides.
+    """
+    where = (f"DVC experiment {experiment!r}" if experiment else
+             None if not in_git or branch == promote_from else
+             f"git branch {branch!r}" if branch else "a detached HEAD")
+    if where is None:
+        return None
+    return (f"registered from {where}: champion moves only from branch {promote_from!r} "
+            f"(params registry.promote_from; merge first, or promote by hand)")
+
+
 # --- what a registration produced ---------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -115,10 +137,11 @@ class GateResult:
     eval_set: str
     champion: str | None  # after the decision
     run_id: str | None
+    held: str | None = None  # why champion could not move from here (promotion_hold); None: the gate decided
 
     @property
     def decision(self) -> str:
-        return "promoted" if self.promote else "rejected"
+        return "held" if self.held else "promoted" if self.promote else "rejected"
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "decision": self.decision}
@@ -326,10 +349,14 @@ class Registry:
         return decision, champion_version, champion_value
 
     def apply(self, name: str, version: str, decision: Decision, *, how: str = "gate") -> Change:
-        """Tag ``version`` with the decision and its reason; on promotion move ``champion`` to it."""
+        """Tag ``version`` with the decision and its reason; on promotion move ``champion`` to it.
+
+        ``how``: ``gate``, ``held`` (not promotable from here, :func:`promotion_hold`), ``manual`` or ``rollback``.
+        """
         version = str(self.version(name, version).version)
         old = self.champion(name)
-        label = ("promoted" if decision.promote else "rejected") + ("" if how == "gate" else f" ({how})")
+        label = "held" if how == "held" else (
+            ("promoted" if decision.promote else "rejected") + ("" if how == "gate" else f" ({how})"))
         self.client.set_model_version_tag(name, version, TAG_DECISION, label)
         self.client.set_model_version_tag(name, version, TAG_REASON, decision.reason[:5000])
         if not decision.promote:
@@ -346,20 +373,39 @@ class Registry:
                           eval_set: str | None, eval_data: str, gate_metric: str, direction: Direction,
                           min_improvement: float, experiment: str = "lofiseg-registry",
                           tags: Mapping[str, str] | None = None, scales: Sequence[float] = (1.0,),
-                          flip: bool = False) -> GateResult:
-        """:meth:`register`, :meth:`gate` and :meth:`apply` in one go."""
+                          flip: bool = False, hold: str | None = None) -> GateResult:
+        """:meth:`register`, :meth:`gate` and :meth:`apply` in one go; with ``hold`` (a reason, see
+        :func:`promotion_hold`) the version stays challenger whatever the gate says."""
         version, run_id = self.register(name, bundle, metrics=metrics, eval_set=eval_set, eval_data=eval_data,
                                         gate_metric=gate_metric, direction=direction,
                                         min_improvement=min_improvement, experiment=experiment, tags=tags,
                                         scales=scales, flip=flip)
         decision, champion_version, champion_value = self.gate(name, version, gate_metric, direction,
                                                                min_improvement)
-        change = self.apply(name, version, decision)
+        if hold is not None:
+            gate_alone = "promote" if decision.promote else "reject"
+            decision = Decision(False, f"{hold}; the gate alone would {gate_alone} it: {decision.reason}")
+        change = self.apply(name, version, decision, how="gate" if hold is None else "held")
         return GateResult(name=name, version=version, promote=decision.promote, reason=decision.reason,
                           metric=gate_metric, direction=direction, min_improvement=float(min_improvement),
                           challenger_value=float(metrics[gate_metric]), champion_version=champion_version,
                           champion_value=champion_value, eval_set=eval_set or UNKNOWN, champion=change.new,
-                          run_id=run_id)
+                          run_id=run_id, held=hold)
+
+    # -- after the fact
+
+    def tag_versions_of_runs(self, run_ids: Sequence[str], tags: Mapping[str, str]) -> list[tuple[str, str]]:
+        """Set ``tags`` on every model version the runs ``run_ids`` created (e.g. the commit that versions a
+        retrain's results); returns those versions as (registered model, version)."""
+        if isinstance(run_ids, str):
+            raise TypeError(f"run_ids: expected a list of MLflow run ids, got the string {run_ids!r}")
+        tagged = []
+        for run_id in run_ids:
+            for found in self.client.search_model_versions(f"run_id = '{check_name('run_ids', run_id)}'"):
+                for key, value in tags.items():
+                    self.client.set_model_version_tag(found.name, found.version, key, str(value))
+                tagged.append((found.name, str(found.version)))
+        return sorted(tagged)
 
     # -- by hand
 

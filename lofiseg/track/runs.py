@@ -1,4 +1,5 @@
-"""Reading runs back from the MLflow store: by tag, by id, or every run of an experiment (for comparisons)."""
+"""Reading runs back from the MLflow store (by tag, by id, or every run of an experiment, for comparisons), and
+tagging them after the fact."""
 
 from __future__ import annotations
 
@@ -41,6 +42,18 @@ def bundle_run(model_file: str | os.PathLike, *, uri: str | None = None) -> str 
     runs = client.search_runs(experiments, filter_string=f"tags.`{TAG_BUNDLE_SHA256}` = '{sha256_file(model_file)}'",
                               order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0].info.run_id if runs else None
+
+
+def tag_runs(run_ids: Sequence[str], tags: dict[str, str], *, uri: str | None = None) -> None:
+    """Set ``tags`` on each of the runs ``run_ids`` (e.g. the commit that versions what they produced)."""
+    if isinstance(run_ids, str):
+        raise TypeError(f"run_ids: expected a list of MLflow run ids, got the string {run_ids!r}")
+    uri = uri or default_tracking_uri(Path.cwd())
+    check_store(uri)
+    client = mlflow_client(uri)
+    for run_id in run_ids:
+        for key, value in tags.items():
+            client.set_tag(check_name("run_ids", run_id), key, str(value))
 
 
 # --- reading runs back (for comparisons) ------------------------------------------------------------------
