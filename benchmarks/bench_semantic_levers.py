@@ -145,9 +145,7 @@ def web_truth_dataset(params: Params, data: Dataset, out: Path) -> None:
                 if name not in record.tags or record.split not in params.pseudo_label.splits:
                     continue
                 label = web_truth_labels(data.mask(record), classes.index(name))
-                path = data.root / record.image
-                writer.add_encoded(record.id, path.read_bytes(), path.suffix.lstrip("."), label, split=record.split,
-                                   tags=record.tags, source=record.source, image_shape=label.shape)
+                writer.copy(data, record, label, image_shape=label.shape)
         writer.add_file("classes.json", class_names_json(classes))
 
 

@@ -4,7 +4,9 @@
     python -m commands.predict --model models/deeplab/pseudo --images photos/ --out masks/ --size 128
 
 ``--model`` is a registry URI (``models:/<name>@<alias>``, ``models:/<name>/<version>``, resolved in
-``MLFLOW_TRACKING_URI``, default ``./mlflow.db``) or a bundle folder holding model.pt. Every image of
+``MLFLOW_TRACKING_URI``, default ``./mlflow.db``) or a bundle folder holding model.pt. A registered model
+brings its test-time ``--scales`` / ``--flip`` (those it was evaluated with: ``mlflow models serve`` predicts
+the same masks); a bundle defaults to one plain pass. Every image of
 ``--images`` (jpg, jpeg, png, bmp, tif, tiff; not recursive) is resized to ``--size`` x ``--size`` (default:
 the training image size recorded with the model; 0 keeps each image's own size), run through the model, and its
 scores are resized back to the original size before the decision:
@@ -25,7 +27,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -45,6 +47,13 @@ from lofiseg.viz.images import overlay, save_png
 SALIENCY_THRESHOLD = 0.5
 
 
+class Inference(NamedTuple):
+    """Test-time inference: the input resized by each of ``scales``, and mirrored with ``flip``."""
+
+    scales: list[float]
+    flip: bool
+
+
 def list_images(folder: Path) -> list[Path]:
     """The images directly in ``folder``, sorted; two files with one stem would write one mask: an error."""
     if not folder.is_dir():
@@ -61,17 +70,21 @@ def list_images(folder: Path) -> list[Path]:
     return images
 
 
-def load_model(spec: str) -> tuple[torch.nn.Module, int | None, str]:
-    """(model in eval mode, training image size if recorded, description) of a registry URI or bundle."""
+def load_model(spec: str) -> tuple[torch.nn.Module, int | None, str, Inference | None]:
+    """(model in eval mode, training image size if recorded, description, the test-time scales and flip it
+    was registered with or None) of a registry URI or bundle."""
     if "://" in spec or spec.startswith("models:/") or spec.startswith("runs:/"):
         registry = Registry()  # checks the store: an unreachable one fails fast and says how to fix it
         version = registry.resolve(spec)
         size = int(version.tags[TAG_IMAGE_SIZE]) if version and TAG_IMAGE_SIZE in version.tags else None
         described = f"{spec} (version {version.version})" if version else spec
-        return load_logged(spec, tracking_uri=registry.uri), size, described
+        model = load_logged(spec, tracking_uri=registry.uri)
+        served = getattr(model, "served", None)  # a served segmenter (OnePass): its test-time inference
+        test_time = Inference(list(served.scales), bool(served.flip)) if served is not None else None
+        return model, size, described, test_time
     model, info = load_registrable(spec)
     size = info.get("image_size")
-    return model.eval(), int(size) if size else None, spec
+    return model.eval(), int(size) if size else None, spec, None
 
 
 @torch.no_grad()
@@ -112,12 +125,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=None,
                         help="model input side (default: the training size; 0: each image's own size)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--scales", type=float, nargs="+", default=[1.0],
-                        help="average over the input resized by each factor, as evaluate.semantic_scales")
-    parser.add_argument("--flip", action="store_true", help="also average over mirror images (evaluate.semantic_flip)")
+    parser.add_argument("--scales", type=float, nargs="+", default=None,
+                        help="average over the input resized by each factor, as evaluate.semantic_scales "
+                             "(default: the registered model's, else 1)")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                        help="also average over mirror images (evaluate.semantic_flip; default: the "
+                             "registered model's, else no)")
     args = parser.parse_args(argv)
     try:
-        check_scales(args.scales)
+        check_scales(args.scales or [1.0])
     except ValueError as err:
         raise SystemExit(f"error: --scales: {err}") from None
     if args.size is not None and args.size < 0:
@@ -127,20 +143,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         images = list_images(args.images)
         device = resolve_device(args.device)
-        model, trained_size, described = load_model(args.model)
+        model, trained_size, described, test_time = load_model(args.model)
     except (RegistryError, ValueError) as err:
         raise SystemExit(f"error: {err}") from err
+    test_time = test_time or Inference([1.0], False)
+    scales = args.scales or test_time.scales
+    flip = test_time.flip if args.flip is None else args.flip
     size = trained_size if args.size is None else (args.size or None)
     model = model.to(device).eval()
 
-    summary: dict[str, Any] = {"model": described, "size": size, "scales": args.scales, "flip": args.flip,
+    summary: dict[str, Any] = {"model": described, "size": size, "scales": scales, "flip": flip,
                                "images": len(images),
                                "rule": "1-channel output: probability >= 0.5 -> 1, else 0; "
                                        "M >= 2 channels: argmax"}
     with atomic_dir(args.out) as tmp:
         for path in tqdm(images, desc="predict", unit="img", file=sys.stderr):
             image = read_image(path)  # a corrupt file raises naming it; the folder is then left as it was
-            labels = predict_labels(model, image, size, device, args.scales, args.flip)
+            labels = predict_labels(model, image, size, device, scales, flip)
             save_png(tmp / f"{path.stem}.png", labels)
             save_png(tmp / "preview" / f"{path.stem}.png", overlay(image, labels))
         atomic_write_json(tmp / "predict.json", summary)

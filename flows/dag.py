@@ -11,7 +11,7 @@ from pathlib import Path
 from lofiseg.dvc_cli import dvc_command
 from lofiseg.provenance import ORCHESTRATOR_ENV
 
-STAGE_TIMEOUT_S = 6 * 3600  # one stage's command, here or on a worker
+TRANSFER_TIMEOUT_S = 6 * 3600  # one dvc pull / push of stage outputs (a stage's own timeout: params orchestration)
 
 
 @dataclass(frozen=True)
@@ -76,9 +76,11 @@ def waves(stages: dict[str, Stage], targets: list[str] | None = None) -> list[li
 
 def stage_env(flow_run_id: str) -> dict[str, str]:
     """The environment of stage commands: this interpreter's bin first on PATH (``python -m stages.X`` must
-    find the project's Python without an activated venv), and the flow run id for the MLflow tags."""
+    find the project's Python without an activated venv), the flow run id for the MLflow tags, and unbuffered
+    Python output, so a stage's prints reach the flow's logs as they happen."""
     env = dict(os.environ)
     env[ORCHESTRATOR_ENV] = flow_run_id
+    env["PYTHONUNBUFFERED"] = "1"
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
 

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from prefect import get_run_logger, task
 
-from flows.dag import STAGE_TIMEOUT_S, remote_args, stale
+from flows.dag import TRANSFER_TIMEOUT_S, remote_args, stale
 from flows.worker import artifact_key, lock_from_markdown
 from lofiseg.atomic import atomic_write_text
 from lofiseg.dvc_cli import dvc_command
@@ -78,13 +78,15 @@ def read_lock_artifact(flow_run_id: Any, stage: str) -> dict[str, Any]:
 
 
 @task(task_run_name="{stage} -> worker")
-def dispatch_stage(dispatch: Dispatch, stage: str, lock: str, orchestrator_run_id: str) -> dict[str, Any]:
-    """Run ``stage`` as a flow run of the worker deployment and wait for it; returns its dvc.lock entry."""
+def dispatch_stage(dispatch: Dispatch, stage: str, lock: str, orchestrator_run_id: str,
+                   timeout_seconds: float) -> dict[str, Any]:
+    """Run ``stage`` as a flow run of the worker deployment and wait for it (its command's ``timeout_seconds``,
+    which the worker enforces, plus time for its transfers); returns its dvc.lock entry."""
     from prefect.deployments import run_deployment
 
     logger = get_run_logger()
     started = time.monotonic()
-    run = run_deployment(dispatch.deployment, timeout=STAGE_TIMEOUT_S, poll_interval=2,
+    run = run_deployment(dispatch.deployment, timeout=timeout_seconds + TRANSFER_TIMEOUT_S, poll_interval=2,
                          parameters={"git_url": dispatch.git_url, "rev": dispatch.rev, "stage": stage, "lock": lock,
                                      "orchestrator_run_id": orchestrator_run_id, "remote": dispatch.remote})
     state = run.state
@@ -107,7 +109,7 @@ def record_worker_outputs(repo: str, results: Sequence[dict[str, Any]], remote: 
     lock.setdefault("stages", {}).update({r["stage"]: r["lock"] for r in results})
     atomic_write_text(path, yaml.safe_dump(lock, sort_keys=False))
     names = [r["stage"] for r in results]
-    dvc_command(repo, "pull", *remote_args(remote), *names, timeout=STAGE_TIMEOUT_S)
+    dvc_command(repo, "pull", *remote_args(remote), *names, timeout=TRANSFER_TIMEOUT_S)
     still = stale(repo, names)
     if still:
         raise RuntimeError(f"after pulling the workers' outputs DVC still finds {still} changed in {repo}")

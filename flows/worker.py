@@ -3,7 +3,8 @@
 The worker never shares a checkout, a lock or a cache with anyone: it clones the repository at the
 orchestrator's commit into a private directory, writes the orchestrator's dvc.lock there (the entries of the
 upstream stages are newer than the commit's), pulls the stage's dependencies from the DVC remote, runs
-``dvc repro --single-item <stage>``, pushes the outputs, and publishes the stage's new dvc.lock entry as an
+``dvc repro --single-item <stage>`` (its output streamed into the flow run's logs, its timeout from the
+commit's params ``orchestration.stages``), pushes the outputs, and publishes the stage's new dvc.lock entry as an
 artifact of its flow run. The orchestrator writes that entry into its own dvc.lock and pulls the outputs, so
 only one process ever writes a given lock file.
 
@@ -27,9 +28,11 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from flows.dag import STAGE_TIMEOUT_S, read_dag, remote_args, stage_env
+from flows.dag import TRANSFER_TIMEOUT_S, read_dag, remote_args, stage_env
+from flows.stream import run_streaming
 from lofiseg.atomic import atomic_write_text
-from lofiseg.dvc_cli import dvc_command
+from lofiseg.config import load_params
+from lofiseg.dvc_cli import dvc_command, dvc_executable
 
 CACHE_ENV = "LOFISEG_DVC_CACHE"
 
@@ -83,13 +86,13 @@ def stage_on_worker(git_url: str, rev: str, stage: str, lock: str, orchestrator_
         upstream = sorted(read_dag(repo)[stage].upstream)
         if upstream:
             logger.info("pulling the outputs of %s", ", ".join(upstream))
-            dvc_command(repo, "pull", *remote_args(remote), *upstream, timeout=STAGE_TIMEOUT_S)
+            dvc_command(repo, "pull", *remote_args(remote), *upstream, timeout=TRANSFER_TIMEOUT_S)
         logger.info("$ dvc repro --single-item %s  (on %s)", stage, socket.gethostname())
         env = stage_env(orchestrator_run_id or flow_run.get_id() or "")
-        ran = dvc_command(repo, "repro", "--single-item", stage, timeout=STAGE_TIMEOUT_S, env=env)
-        for line in ran.stdout.splitlines()[-20:]:
-            logger.info(line)
-        dvc_command(repo, "push", *remote_args(remote), stage, timeout=STAGE_TIMEOUT_S)
+        timeout = load_params(repo / "params.yaml").orchestration.stage_policy(stage).timeout_seconds
+        run_streaming([dvc_executable(), "repro", "--single-item", stage], repo, env, timeout, logger,
+                      name=f"dvc repro --single-item {stage}")
+        dvc_command(repo, "push", *remote_args(remote), stage, timeout=TRANSFER_TIMEOUT_S)
         entry = yaml.safe_load((repo / "dvc.lock").read_text())["stages"][stage]
     create_markdown_artifact(key=artifact_key(stage), markdown=lock_markdown(stage, entry),
                              description=f"dvc.lock entry of {stage}")

@@ -12,6 +12,7 @@ params sections convert to them once (``schedule.loss_schedule()``, ``train_regi
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import os
 import re
 import typing
@@ -546,6 +547,13 @@ class GateParams(StrictModel):
     min_improvement: Annotated[float, Field(ge=0.0)] = 0.0
 
 
+class ServeParams(StrictModel):
+    """How a registered model predicts (lofiseg.infer.served): test-time scales and flip, as it was evaluated."""
+
+    scales: list[ScaleFactor] = Field(default_factory=lambda: [1.0], min_length=1)
+    flip: bool = False
+
+
 class RegisteredModel(StrictModel):
     bundle: Annotated[str, Field(min_length=1)]  # folder holding model.pt
     metrics: Annotated[str, Field(min_length=1)]  # metrics JSON the gate reads
@@ -554,6 +562,7 @@ class RegisteredModel(StrictModel):
     # part of the evaluation identity, so a metric measured another way is never compared with the champion's
     eval_params: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     gate: GateParams
+    serve: ServeParams = Field(default_factory=ServeParams)  # the registered model's test-time inference
 
 
 class RegistryParams(StrictModel):
@@ -561,6 +570,8 @@ class RegistryParams(StrictModel):
 
     enabled: bool = True
     models: dict[str, RegisteredModel] = Field(default_factory=dict)
+    # the git branch champion may move from; a DVC experiment or any other branch registers challengers only
+    promote_from: Annotated[str, Field(min_length=1)] = "main"
 
     @field_validator("models")
     @classmethod
@@ -579,6 +590,41 @@ class RetrainParams(StrictModel):
     work_pool: Annotated[str, Field(min_length=1)] = "gpu"
     dvc_remote: str | None = None  # null: the default remote; pull at start, push at the end
     push: bool = True
+    git_remote: Annotated[str, Field(min_length=1)] = "origin"  # where the retrain/<date>-<run> branch is pushed
+
+
+class StagePolicy(StrictModel):
+    """How the Prefect flows run one stage: more attempts after a failure, and the time its command may take."""
+
+    retries: Annotated[int, Field(ge=0, le=20)] = 0
+    retry_delay_seconds: Annotated[int, Field(ge=0)] = 10
+    timeout_seconds: Annotated[int, Field(ge=1)] = 6 * 3600
+
+
+def _default_stage_policies() -> dict[str, StagePolicy]:
+    return {"download": StagePolicy(retries=2), "web": StagePolicy(retries=2), "train_*": StagePolicy()}
+
+
+class OrchestrationParams(StrictModel):
+    """``orchestration`` (flows/pipeline.py, flows/worker.py): per-stage retries and timeout. No stage reads it
+    (it is no DVC param of any stage): it changes no number."""
+
+    stages: dict[str, StagePolicy] = Field(default_factory=_default_stage_policies)  # fnmatch pattern -> policy
+
+    @field_validator("stages")
+    @classmethod
+    def _patterns(cls, value: dict[str, StagePolicy]) -> dict[str, StagePolicy]:
+        for pattern in value:
+            if not pattern or pattern != pattern.strip():
+                raise ValueError(f"stage pattern {pattern!r} must be a non-empty fnmatch pattern without "
+                                 "surrounding spaces (e.g. train_*, pseudo_label@*)")
+        return value
+
+    def stage_policy(self, stage: str) -> StagePolicy:
+        """The policy of the first pattern, in params order, matching ``stage`` (DVC's name, e.g.
+        ``train_single@sun``); the defaults (no retry, 6 h) if none does."""
+        return next((policy for pattern, policy in self.stages.items() if fnmatch.fnmatchcase(stage, pattern)),
+                    StagePolicy())
 
 
 class EvaluateParams(StrictModel):
@@ -666,6 +712,7 @@ class Params(StrictModel):
     evaluate: EvaluateParams = EvaluateParams()
     registry: RegistryParams = RegistryParams()
     retrain: RetrainParams = RetrainParams()
+    orchestration: OrchestrationParams = OrchestrationParams()
 
     @model_validator(mode="after")
     def _cross_refs(self) -> Params:

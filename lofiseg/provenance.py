@@ -34,6 +34,19 @@ def git_remote_url(root: str | os.PathLike, name: str = "origin") -> str | None:
     return _git(root, "remote", "get-url", name) or None
 
 
+def git_branch(root: str | os.PathLike) -> str | None:
+    """The branch checked out at ``root``; None outside git and on a detached HEAD (as in ``dvc exp run``)."""
+    return _git(root, "symbolic-ref", "--quiet", "--short", "HEAD") or None
+
+
+DVC_EXPERIMENT_ENV = "DVC_EXP_NAME"  # `dvc exp run` sets it (with DVC_EXP_BASELINE_REV) for the stages it runs
+
+
+def dvc_experiment() -> str | None:
+    """The name of the DVC experiment this process runs in (a stage of ``dvc exp run``), else None."""
+    return os.environ.get(DVC_EXPERIMENT_ENV) or None
+
+
 def git_dirty(root: str | os.PathLike) -> bool | None:
     """True if tracked files differ from HEAD, None outside git.
 

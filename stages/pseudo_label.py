@@ -61,20 +61,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         for record, labels in label_images(model, data, records, image_size, channel, class_id, cfg.confidence,
                                            crf, cfg.batch_size, device, name=args.class_name):
             fg, ignored = int((labels == class_id).sum()), int((labels == IGNORE).sum())
-            image_path = data.root / record.image
-            writer.add_encoded(
-                record.id, image_path.read_bytes(), image_path.suffix.lstrip("."), labels, split=record.split,
-                tags=record.tags, source=record.source, image_shape=labels.shape,
-                extra={"class": args.class_name, "class_id": class_id,
-                       "foreground_fraction": f"{fg / labels.size:.6f}",
-                       "ignored_fraction": f"{ignored / labels.size:.6f}"})
+            writer.copy(data, record, labels, image_shape=labels.shape,
+                        extra={"class": args.class_name, "class_id": class_id,
+                               "foreground_fraction": f"{fg / labels.size:.6f}",
+                               "ignored_fraction": f"{ignored / labels.size:.6f}"})
             counts["images"] += 1
             counts["foreground"] += fg
             counts["ignored"] += ignored
             counts["pixels"] += labels.size
         summary = {
             "class": args.class_name, "class_id": class_id, "classes": classes, "model": str(args.model),
-            "model_info": {k: info.get(k) for k in ("class", "supervision", "image_size", "mlflow_run_id")},
+            "model_info": {k: info.get(k) for k in ("class", "supervision", "image_size")},
             "crf": cfg.crf, "crf_iterations": cfg.crf_iterations, "confidence": cfg.confidence,
             "splits": list(cfg.splits), "images": counts["images"],
             "foreground_fraction": counts["foreground"] / counts["pixels"],

@@ -3,10 +3,17 @@
 For every model: its bundle becomes a new version with alias ``challenger``, tagged with the evaluation set's
 identity (:func:`eval_set_identity`, plus the values of the model's ``eval_params``: how the metric was measured)
 and its metrics; alias ``champion`` moves to it only if its gate metric (a "/"-path into the metrics JSON) beats
-the champion's on the same evaluation set, measured the same way, by ``min_improvement`` (lofiseg.track.registry.decide). The
+the champion's on the same evaluation set, measured the same way, by ``min_improvement`` (lofiseg.track.registry.decide).
+The registered model predicts with the test-time scales and flip of its ``serve`` params (for DeepLab, YAML
+anchors to evaluate.semantic_scales / semantic_flip: the model the gate scored) and loads without lofiseg. The
 outcome is written to ``--out``: with ``--model`` (how dvc.yaml runs it, one stage per model) that model's
 result; without it, every model's under ``models``. Everything is checked (bundles, metrics files, gate metric
 paths, the store) before anything is registered.
+
+Only on git branch ``registry.promote_from`` may ``champion`` move: inside a DVC experiment (``dvc exp run``,
+``python -m flows.pipeline -S ...``) or on another branch the version is registered as challenger, tagged with
+the experiment (``dvc.experiment``) or branch (``git.branch``), and its decision is ``held``, saying why
+(lofiseg.track.registry.promotion_hold).
 """
 
 from __future__ import annotations
@@ -27,8 +34,8 @@ from lofiseg.evaluate.gate import (
     read_metrics,
     section_metrics,
 )
-from lofiseg.provenance import standard_tags
-from lofiseg.track.registry import BUNDLE_FILE, Registry
+from lofiseg.provenance import dvc_experiment, git_branch, git_commit, standard_tags
+from lofiseg.track.registry import BUNDLE_FILE, TAG_BRANCH, TAG_EXPERIMENT, Registry, promotion_hold
 from lofiseg.track.store import TrackingUnavailable
 from stages.cli import log, run, stage_parser
 
@@ -52,6 +59,17 @@ def plan(name: str, spec: RegisteredModel, params: Params) -> dict[str, Any]:
         log.warning("%s.eval_data %r is neither a data set (no %s) nor known to DVC (not in dvc.lock, no .dvc "
                     "file): this version cannot be compared with the champion", key, spec.eval_data, MANIFEST)
     return {"bundle": bundle, "metrics": section_metrics(metrics, spec.gate.metric, value), "eval_set": eval_set}
+
+
+def where_registered(root: str | Path, promote_from: str) -> tuple[dict[str, str], str | None]:
+    """Tags naming the DVC experiment and git branch the registration runs in, and why champion must not
+    move from there (None: it may)."""
+    experiment, branch = dvc_experiment(), git_branch(root)
+    tags = {TAG_EXPERIMENT: experiment} if experiment else {}
+    tags |= {TAG_BRANCH: branch} if branch else {}
+    hold = promotion_hold(experiment=experiment, branch=branch, in_git=git_commit(root) is not None,
+                          promote_from=promote_from)
+    return tags, hold
 
 
 def skipped(out: Path, reason: str, model: str | None) -> None:
@@ -82,15 +100,19 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise
         return skipped(args.out, f"tracking.required is false and the store is unavailable: {err}", args.model)
 
+    where, hold = where_registered(".", registry_params.promote_from)
+    if hold:
+        log.warning("registry: %s", hold)
     results: dict[str, Any] = {}
     for name, spec in selected.items():
         todo = plans[name]
-        tags = standard_tags(".", [spec.eval_data, spec.bundle])
+        tags = {**standard_tags(".", [spec.eval_data, spec.bundle]), **where}
         result = registry.register_and_gate(
             name, todo["bundle"], metrics=todo["metrics"], eval_set=todo["eval_set"],
             eval_data=spec.eval_data, gate_metric=spec.gate.metric, direction=spec.gate.direction,
             min_improvement=spec.gate.min_improvement,
-            experiment=f"{params.tracking.experiment_prefix}-registry", tags=tags)
+            experiment=f"{params.tracking.experiment_prefix}-registry", tags=tags,
+            scales=spec.serve.scales, flip=spec.serve.flip, hold=hold)
         log.info("%s v%s %s: %s", name, result.version, result.decision, result.reason)
         results[name] = {**result.to_dict(), "metrics": todo["metrics"]}
     atomic_write_json(args.out, results[args.model] if args.model else {"enabled": True, "models": results})

@@ -113,7 +113,7 @@ def train_deeplab(args: argparse.Namespace, params: Params, ctx: DistContext, de
             info = {"task": "semantic", "supervision": args.supervision, "classes": classes,
                     "image_size": cfg.image_size, "epochs": cfg.epochs, "augment": augment,
                     "data": str(data.dataset), "val_source": data.val_source, "world_size": ctx.world_size,
-                    "mlflow_run_id": training.run_id, "val": iou_report(scores, classes)}
+                    "val": iou_report(scores, classes)}
             grid = qualitative_grid(data.val.images[:GRID_SAMPLES].permute(0, 2, 3, 1).numpy(), {
                 "label": [colorize_labels(m) for m in data.val.masks[:GRID_SAMPLES].numpy()],
                 "prediction": [colorize_labels(p) for p in pred[:GRID_SAMPLES].numpy()]})

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from lofiseg.config import Params, TrainRegionsParams, load_params
-from lofiseg.data.format import MANIFEST, Dataset, sha256_file
+from lofiseg.data.format import Dataset, dataset_digest
 from lofiseg.data.loading import load_split, random_flip
 from lofiseg.infer.regions import score_split
 from lofiseg.models.descriptor_heads import descriptor_kind, descriptor_model
@@ -71,7 +71,7 @@ def train_regions(params: Params, method: str, raw: Path, out: Path, checkpoints
     settings = cfg.region_settings(params.seed)
     identity = RunIdentity(
         f"{params.tracking.experiment_prefix}-regions", method,
-        fingerprint=(cfg.model_dump(), params.seed, method, sha256_file(data_root / MANIFEST)),
+        fingerprint=(cfg.model_dump(), params.seed, method, dataset_digest(data_root)),
         params={"train_regions": cfg.model_dump(), "method": method, "seed": params.seed, "device": str(device),
                 "output_channels": channels},
         tags={"lofiseg.stage": "train_regions", "method": method}, inputs=[str(data_root)])
@@ -89,7 +89,7 @@ def train_regions(params: Params, method: str, raw: Path, out: Path, checkpoints
         scores, labels = score_split(model, method, val, settings, cfg.batch_size, device)
         info = {"task": "regions", "method": method, "descriptor": descriptor_kind(method),
                 "output_channels": channels, "dataset": cfg.dataset, "image_size": cfg.image_size,
-                "epochs": cfg.epochs, "mlflow_run_id": training.run_id, "val": scores}
+                "epochs": cfg.epochs, "val": scores}
         if method == "ce":
             info["label_mapping"] = f"class = region id mod {cfg.channels}"
         if method == "discriminative":

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lofiseg.config import load_params, rate_key
-from lofiseg.data.format import MANIFEST, Dataset, sha256_file
+from lofiseg.data.format import Dataset, dataset_digest
 from lofiseg.data.loading import load_split, random_flip
 from lofiseg.infer.predict import predict_probs, saliency_channel
 from lofiseg.metrics.saliency import SaliencyMeter
@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     optimizer = build_optimizer(params=model.parameters(), lr=cfg.lr, **cfg.optimizer.model_dump())
     identity = RunIdentity(
         f"{params.tracking.experiment_prefix}-saliency", name,
-        fingerprint=(cfg.model_dump(), params.seed, args.loss, args.rate, sha256_file(args.data / MANIFEST)),
+        fingerprint=(cfg.model_dump(), params.seed, args.loss, args.rate, dataset_digest(args.data)),
         params={"train_saliency": cfg.model_dump(), "loss": args.loss, "noise_rate": args.rate,
                 "seed": params.seed, "device": str(device)},
         tags={"lofiseg.stage": "train_saliency", "loss": args.loss, "noise_rate": rate_key(args.rate)},
@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         probs = predict_probs(model, val, device=device)
         channel = saliency_channel(args.loss, probs, val.masks)
         info = {"task": "saliency", "loss": args.loss, "noise_rate": args.rate, "channel": channel,
-                "image_size": cfg.image_size, "epochs": cfg.epochs, "mlflow_run_id": training.run_id,
+                "image_size": cfg.image_size, "epochs": cfg.epochs,
                 "val": SaliencyMeter.of(probs[:, channel].numpy(), val.masks.numpy())}
         grid = qualitative_grid(val.images[:GRID_SAMPLES].permute(0, 2, 3, 1).numpy(), {
             "ground truth": [colorize_labels(m) for m in val.masks[:GRID_SAMPLES].numpy()],

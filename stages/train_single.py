@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from lofiseg.config import Params, load_params
-from lofiseg.data.format import MANIFEST, Dataset, DatasetFormatError, sha256_file
+from lofiseg.data.format import Dataset, DatasetFormatError, dataset_digest, sha256_file
 from lofiseg.data.labels import require_class_records
 from lofiseg.data.loading import TensorSplit, load_split, random_flip
 from lofiseg.models.bundle import load_bundle
@@ -63,7 +63,7 @@ def train(params: Params, args: Any, device: torch.device, name: str, model: Seg
     with TrainingRun(identity, args.checkpoints / f"{name}.pt", tracking=params.tracking.enabled,
                      tracking_required=params.tracking.required) as training:
         history = training.fit(model, optimizer, step, batches, epochs, evaluate, device=device, amp=cfg.amp)
-        info = {**info, "epochs": epochs, "mlflow_run_id": training.run_id,
+        info = {**info, "epochs": epochs,
                 "final_train_loss": history[-1]["train_loss"] if history else None}
         training.write_outputs(args.out, model.cpu().eval(), info, curves, f"train_single {name}", example=example,
                                files=files)
@@ -114,7 +114,7 @@ def run_init(params: Params, args: Any, device: torch.device) -> None:
                       None, new_model(params), anneal=True, finetune=False,
                       info={"class": source if kind == "class" else None, "init_from": source, "kind": kind,
                             "images": len(records)},
-                      stamp=("init", source, sha256_file(dataset.root / MANIFEST)), inputs=[str(dataset.root)],
+                      stamp=("init", source, dataset_digest(dataset.root)), inputs=[str(dataset.root)],
                       files={"init.json": {"init_from": source, "kind": kind}})
 
 
@@ -138,7 +138,7 @@ def run_regularized(params: Params, args: Any, device: torch.device) -> None:
             "negative_images": negative_count}
     train_regularized(params, args, device, f"{cls}-reg", split_loader(dataset, records, f"load {cls}"), negatives,
                       model, anneal=init_sha is None, finetune=True, info=info,
-                      stamp=("reg", cls, sha256_file(dataset.root / MANIFEST), init_sha), inputs=[str(args.data)])
+                      stamp=("reg", cls, dataset_digest(dataset.root), init_sha), inputs=[str(args.data)])
 
 
 def run_gt(params: Params, args: Any, device: torch.device) -> None:
@@ -159,7 +159,7 @@ def run_gt(params: Params, args: Any, device: torch.device) -> None:
     batches = epoch_batches(split, cfg.batch_size, params.seed, [random_flip] if cfg.flip else [])
     info = {"class": cls, "supervision": "gt", "image_size": size, "channel": 1, "images": len(records)}
     train(params, args, device, f"{cls}-gt", new_model(params), build_step("ce"), batches, cfg.gt_epochs, None,
-          info, ("gt", cls, size, sha256_file(dataset.root / MANIFEST)), [str(args.data)], split.images[:1], GT_CURVES)
+          info, ("gt", cls, size, dataset_digest(dataset.root)), [str(args.data)], split.images[:1], GT_CURVES)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

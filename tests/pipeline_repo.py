@@ -79,7 +79,7 @@ def make_repo(root: Path, params: dict[str, Any] | None = None) -> Path:
     raw = yaml.safe_load((PROJECT / "params.yaml").read_text())
     merged = deep_merge(deep_merge(raw, TINY), params or {})
     (root / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
-    run(root, "git", "init", "-q")
+    run(root, "git", "init", "-q", "-b", "main")  # registry.promote_from: champion moves from main only
     run(root, "git", "config", "user.email", "test@example.invalid")
     run(root, "git", "config", "user.name", "test")
     dvc(root, "init", "-q")

@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from lofiseg.config import (
+    OrchestrationParams,
     ParamsError,
     PseudoLabelParams,
     RegularizedScheduleParams,
@@ -63,9 +64,38 @@ def test_unknown_nested_key_inside_dict_of_sections():
 
 
 def test_unknown_top_level_section():
-    with pytest.raises(ParamsError, match=r"trian: unknown key; allowed keys: download, evaluate, noise, pseudo_label, registry, retrain, seed, synthetic, tracking, "
+    with pytest.raises(ParamsError, match=r"trian: unknown key; allowed keys: download, evaluate, noise, orchestration, pseudo_label, registry, retrain, seed, synthetic, tracking, "
                        r"train_deeplab, train_regions, train_saliency, train_single, web"):
         parse_params(_params(trian={}))
+
+
+def test_orchestration_first_matching_pattern_wins():
+    stages = load_params("params.yaml").orchestration
+    assert stages == OrchestrationParams()  # params.yaml spells out the defaults
+    assert (stages.stage_policy("download").retries, stages.stage_policy("web").retries) == (2, 2)
+    assert stages.stage_policy("train_single@sun").timeout_seconds == 6 * 3600
+    assert stages.stage_policy("evaluate_saliency").model_dump() == {"retries": 0, "retry_delay_seconds": 10,
+                                                                     "timeout_seconds": 6 * 3600}
+    ordered = parse_params(_params(orchestration={"stages": {
+        "train_single@sun": {"retries": 1}, "train_*": {"timeout_seconds": 60}}})).orchestration
+    assert ordered.stage_policy("train_single@sun").model_dump() == {"retries": 1, "retry_delay_seconds": 10,
+                                                                     "timeout_seconds": 6 * 3600}
+    assert ordered.stage_policy("train_single@leaf").timeout_seconds == 60
+    assert ordered.stage_policy("download").retries == 0  # a section replaces the default patterns
+
+
+@pytest.mark.parametrize("stages, message", [
+    ({"web": {"retries": -1}}, r"orchestration.stages.web.retries: Input should be greater than or equal to 0"),
+    ({"web": {"timeout_seconds": 0}}, r"orchestration.stages.web.timeout_seconds: Input should be greater than"),
+    ({"web": {"retry_delay_seconds": 2.5}}, r"orchestration.stages.web.retry_delay_seconds: Input should be a "
+                                            r"valid integer"),
+    ({" web": {}}, r"stage pattern ' web' must be a non-empty fnmatch pattern"),
+    ({"web": {"retry": 1}}, r"orchestration.stages.web.retry: unknown key; allowed keys: retries, "
+                            r"retry_delay_seconds, timeout_seconds"),
+])
+def test_orchestration_is_checked_at_the_edge(stages, message):
+    with pytest.raises(ParamsError, match=message):
+        parse_params(_params(orchestration={"stages": stages}))
 
 
 def test_out_of_range_and_wrong_type():

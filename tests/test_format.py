@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+import hashlib
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from lofiseg.data.format import Dataset, DatasetFormatError, DatasetWriter, Sample
+from lofiseg.data.format import Dataset, DatasetFormatError, DatasetWriter, Sample, dataset_digest
 
 
 def _sample(i: int, split: str = "train", size: int = 8, mask_value: int = 1) -> Sample:
@@ -109,7 +112,7 @@ def test_unexpected_mask_values_named(tmp_path):
     Image.fromarray(bad).save(root / "masks" / "s0.png")
     with pytest.raises(DatasetFormatError, match=r"masks/s0.png: unexpected mask values \[7\]; allowed 0..1"):
         Dataset(root).validate(max_label=1)
-    Dataset(root).validate(max_label=7)  # 255 is always allowed (ignore)
+    Dataset(root).validate(max_label=7, check_sha256=False)  # 255 is always allowed (ignore)
 
 
 def test_rgb_mask_rejected(tmp_path):
@@ -162,3 +165,83 @@ def test_tags_only_samples_and_extra_fields(tmp_path):
     assert ds["s0"].image.endswith(".jpg")
     with pytest.raises(DatasetFormatError, match="has no mask"):
         ds.validate(require_masks=True)
+
+
+def _edit_mask(root, sample_id: str) -> None:
+    """Rewrite one mask of the data set at ``root`` (through the writer: the manifest follows), images kept."""
+    data = Dataset(root)
+    with DatasetWriter(root) as w:
+        for record in data:
+            mask = data.mask(record)
+            if record.id == sample_id:
+                mask = np.where(mask == 1, 0, 1).astype(np.uint8)
+            w.copy(data, record, mask)
+
+
+def test_manifest_records_each_mask_sha256_and_validate_checks_it(tmp_path):
+    root = tmp_path / "ds"
+    _write(root)
+    header = (root / "manifest.csv").read_text().splitlines()[0]
+    assert header == "id,split,tags,image,mask,source,sha256,mask_sha256"
+    record = Dataset(root)["s1"]
+    assert record.mask_sha256 == hashlib.sha256((root / record.mask).read_bytes()).hexdigest()
+    mask = np.asarray(Image.open(root / "masks" / "s1.png")).copy()
+    mask[0, 0] = 1 - mask[0, 0]  # a valid mask, but not the one the manifest names
+    Image.fromarray(mask).save(root / "masks" / "s1.png")
+    with pytest.raises(DatasetFormatError, match=r"masks/s1.png: sha256 .* does not match the manifest"):
+        Dataset(root).validate()
+    Dataset(root).validate(check_sha256=False)
+
+
+def test_manifest_without_mask_sha256_still_reads(tmp_path):
+    root = tmp_path / "ds"
+    samples = _write(root)
+    manifest = root / "manifest.csv"
+    with open(manifest, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    with open(manifest, "w", newline="") as fh:  # the manifest as written before the column existed
+        writer = csv.DictWriter(fh, fieldnames=["id", "split", "tags", "image", "mask", "source", "sha256"],
+                                extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    data = Dataset(root)
+    assert data.extra_fields == () and all(r.mask_sha256 == "" for r in data)
+    assert np.array_equal(data.mask("s0"), samples[0].mask)
+    data.validate(max_label=1, require_masks=True)
+    before = dataset_digest(root)
+    mask = np.asarray(Image.open(root / "masks" / "s2.png")).copy()
+    mask[0, 0] = 1 - mask[0, 0]
+    Image.fromarray(mask).save(root / "masks" / "s2.png")
+    assert dataset_digest(root) != before  # no mask hash in the manifest: the mask files themselves count
+
+
+def test_dataset_digest_changes_when_only_a_mask_changes(tmp_path):
+    root = tmp_path / "ds"
+    _write(root)
+    images = {p.name: p.read_bytes() for p in (root / "images").iterdir()}
+    before = dataset_digest(root)
+    assert dataset_digest(root) == before  # a pure function of the files
+    _edit_mask(root, "s1")
+    assert {p.name: p.read_bytes() for p in (root / "images").iterdir()} == images  # same images
+    assert dataset_digest(root) != before
+    after = dataset_digest(root)
+    (root / "masks" / "alt").mkdir()
+    (root / "masks" / "alt" / "s1_1.png").write_bytes(b"another annotation")  # a side file counts too
+    assert dataset_digest(root) != after
+
+
+def test_copy_errors_name_the_source_file_data_set_and_id(tmp_path):
+    source = tmp_path / "raw"
+    _write(source)
+    (source / "images" / "s1.png").write_bytes((source / "images" / "s1.png").read_bytes()[:40])  # truncated
+    data = Dataset(source)
+    with pytest.raises(DatasetFormatError) as caught, DatasetWriter(tmp_path / "copy") as w:
+        for record in data:
+            w.copy(data, record, data.mask(record))
+    message = str(caught.value)
+    assert message.startswith(f"{source / 'images' / 's1.png'} (data set {source}, sample 's1'): unreadable or "
+                              f"corrupt image")
+    assert ".tmp-" not in message and not (tmp_path / "copy").exists()
+    with pytest.raises(DatasetFormatError, match=r"masks/s0.png \(data set .*raw, sample 's0'\): mask size 4x4 "
+                                                 r"!= image size 8x8"), DatasetWriter(tmp_path / "copy") as w:
+        w.copy(data, data["s0"], np.zeros((4, 4), np.uint8))

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
+from PIL import Image
 
-from lofiseg.data.format import Dataset, DatasetWriter, Sample
+from lofiseg.data.format import Dataset, DatasetFormatError, DatasetWriter, Sample, dataset_digest
 from lofiseg.data.noise import (
     corrupt,
     drop_regions,
@@ -14,6 +18,10 @@ from lofiseg.data.noise import (
     sample_rng,
     shift_boundaries,
 )
+from lofiseg.evaluate.gate import eval_set_identity
+from stages import noise as noise_stage
+from stages.cli import run
+from tests.pipeline_repo import PROJECT
 
 
 def test_binary_flip_keeps_ignore_and_geometry():
@@ -99,3 +107,63 @@ def test_noisy_copy_only_touches_train_and_records_it(tmp_path):
         if rec.split == "test":
             assert not changed
     assert sum(r.extra["noise_flipped"] == "1" for r in noisy) == counts["flipped"]
+
+
+def _source_set(root: Path) -> Path:
+    """A tiny saliency-like set under ``root/saliency``: 4 train and 2 val images with binary masks."""
+    rng = np.random.default_rng(0)
+    with DatasetWriter(root / "saliency") as w:
+        for i in range(6):
+            mask = np.zeros((8, 8), np.uint8)
+            mask[2:6, 2:6] = 1
+            w.add(Sample(f"a{i}", rng.integers(0, 255, (8, 8, 3), dtype=np.uint8), mask,
+                         "train" if i < 4 else "val"))
+    return root / "saliency"
+
+
+def test_noise_stage_names_the_truncated_source_image(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A truncated image in data/raw/<set>: the message names the file to replace, its data set and id, never
+    the stage's temporary copy; no output is left."""
+    source = _source_set(tmp_path / "raw")
+    image = source / "images" / "a2.png"
+    image.write_bytes(image.read_bytes()[:50])
+    where = f"{image} (data set {source}, sample 'a2'): unreadable or corrupt image"
+    with pytest.raises(DatasetFormatError) as caught:
+        make_noisy_copy(source, tmp_path / "noisy", rate=0.5, seed=0)
+    assert str(caught.value).startswith(where) and ".tmp-" not in str(caught.value)
+    argv = ["--params", str(PROJECT / "params.yaml"), "--rate", "0.5", "--raw", str(tmp_path / "raw"),
+            "--out", str(tmp_path / "noisy")]
+    assert run(noise_stage.main, argv) == 2
+    err = capsys.readouterr().err
+    assert f"error: {where}" in err and ".tmp-" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]  # neither the output nor a temporary folder
+
+
+def test_noise_names_the_source_mask_of_a_wrong_format_or_size(tmp_path: Path) -> None:
+    source = _source_set(tmp_path / "raw")
+    mask = source / "masks" / "a1.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(mask)  # RGB: not a label map
+    with pytest.raises(DatasetFormatError, match=rf"^{re.escape(str(mask))} \(data set {re.escape(str(source))}, "
+                                                 r"sample 'a1'\): mask must be a single-channel"):
+        make_noisy_copy(source, tmp_path / "noisy", rate=0.5, seed=0)
+    Image.fromarray(np.zeros((4, 8), np.uint8)).save(mask)  # another size than its image
+    with pytest.raises(DatasetFormatError, match=rf"^{re.escape(str(mask))} \(data set {re.escape(str(source))}, "
+                                                 r"sample 'a1'\): mask size 8x4 != image size 8x8"):
+        make_noisy_copy(source, tmp_path / "noisy", rate=0.5, seed=0)
+    assert not (tmp_path / "noisy").exists()
+
+
+def test_boundary_noise_alone_changes_the_data_identity(tmp_path: Path) -> None:
+    """noise.boundary_px changes only masks: the copies' images are the same bytes, yet their digest (the
+    training fingerprints' data part) and their evaluation-set identity differ."""
+    source = _source_set(tmp_path / "raw")
+    make_noisy_copy(source, tmp_path / "b0", rate=0.0, seed=0, boundary_px=0)
+    make_noisy_copy(source, tmp_path / "b1", rate=0.0, seed=0, boundary_px=1)
+    b0, b1 = Dataset(tmp_path / "b0"), Dataset(tmp_path / "b1")
+    assert [r.sha256 for r in b0] == [r.sha256 for r in b1]
+    assert [r.mask_sha256 for r in b0] != [r.mask_sha256 for r in b1]
+    assert dataset_digest(b0.root) != dataset_digest(b1.root)
+    assert eval_set_identity(str(b0.root)) != eval_set_identity(str(b1.root))
+    make_noisy_copy(source, tmp_path / "again", rate=0.0, seed=0, boundary_px=1)
+    assert dataset_digest(tmp_path / "again") == dataset_digest(b1.root)
+    assert eval_set_identity(str(tmp_path / "again")) == eval_set_identity(str(b1.root))

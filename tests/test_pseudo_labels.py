@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 import yaml
 
 from lofiseg.config import ModelParams
-from lofiseg.data.format import Dataset, DatasetFormatError, DatasetWriter, read_mask
+from lofiseg.data.format import Dataset, DatasetFormatError, DatasetWriter
 from lofiseg.data.labels import read_class_names
 from lofiseg.data.loading import load_split
 from lofiseg.data.synthetic import generate_web
@@ -154,12 +155,11 @@ def _copy_part(src, dst, corrupt: int | None = None):
     data = Dataset(src)
     with DatasetWriter(dst, extra_fields=data.extra_fields) as writer:
         for i, record in enumerate(data):
-            mask = read_mask(data.root / record.mask)
+            mask = data.mask(record)
             if corrupt is not None and i == 1:
                 mask = mask.copy()
                 mask[0, 0] = corrupt
-            writer.add_encoded(record.id, (data.root / record.image).read_bytes(), "png", mask, split=record.split,
-                               tags=record.tags, source=record.source, extra=record.extra)
+            writer.copy(data, record, mask, record.extra)
 
 
 def test_pseudo_gt_rejects_a_foreign_value_naming_the_file(workdir, tmp_path):
@@ -167,7 +167,8 @@ def test_pseudo_gt_rejects_a_foreign_value_naming_the_file(workdir, tmp_path):
     _copy_part(workdir / "pseudo" / "sun", parts / "sun", corrupt=2)  # leaf's id inside sun's labels
     _copy_part(workdir / "pseudo" / "leaf", parts / "leaf")
     bad = Dataset(parts / "sun").records[1]
-    with pytest.raises(DatasetFormatError, match=rf"{bad.id}\.png: mask values \[2\] are not allowed.*class id 1"):
+    where = re.escape(f"{parts / 'sun' / bad.mask} (data set {parts / 'sun'}, sample {bad.id!r})")
+    with pytest.raises(DatasetFormatError, match=rf"^{where}: mask values \[2\] are not allowed.*class id 1"):
         pseudo_gt.main(["--params", str(workdir / "params.yaml"), "--parts", str(parts), "--out",
                         str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()  # atomic: nothing half-written

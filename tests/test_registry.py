@@ -18,6 +18,7 @@ from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
 
 from lofiseg.config import ParamsError
+from lofiseg.data.format import sha256_file
 from lofiseg.models.bundle import save_bundle
 from lofiseg.models.factory import build_model
 from lofiseg.track import models as track_models
@@ -33,10 +34,14 @@ from lofiseg.track.registry import (
     Registry,
     RegistryError,
     decide,
+    promotion_hold,
 )
+from lofiseg.track.runs import TAG_BUNDLE_SHA256, bundle_run
 from lofiseg.track.store import TrackingUnavailable
+from lofiseg.track.tracker import Tracker
 from stages.cli import run
-from tests.pipeline_repo import PROJECT
+from tests.pipeline_repo import PROJECT, dvc
+from tests.pipeline_repo import run as pipeline_run
 
 REPO = Path(__file__).resolve().parents[1]
 METRIC = "deeplab/miou"
@@ -113,6 +118,23 @@ def test_decide_rejects_bad_arguments() -> None:
 
 # --- registration and promotion -------------------------------------------------------------------------------
 
+def test_the_source_run_is_the_training_run_that_wrote_the_model_file(registry: Registry, store: str,
+                                                                        tmp_path: Path) -> None:
+    """model.pt holds no run id (a DVC output stays byte-identical across runs): the registry finds the training
+    run by the file's sha256, which the run carries as a tag; no such run, no source-run tag."""
+    bundle = make_bundle(tmp_path / "b", 3)
+    assert bundle_run(bundle / "model.pt", uri=store) is None
+    unknown = register(registry, "source-run", bundle, 0.5)
+    assert TAG_SOURCE_RUN not in registry.version("source-run", unknown.version).tags
+    with Tracker("training", "writes-b", uri=store) as training:
+        training.set_tags({TAG_BUNDLE_SHA256: sha256_file(bundle / "model.pt")})
+    with Tracker("training", "other-model", uri=store) as other:
+        other.set_tags({TAG_BUNDLE_SHA256: "0" * 64})
+    assert bundle_run(bundle / "model.pt", uri=store) == training.run_id
+    found = register(registry, "source-run", bundle, 0.5)
+    assert registry.version("source-run", found.version).tags[TAG_SOURCE_RUN] == training.run_id
+
+
 def test_first_is_champion_better_promoted_worse_stays_challenger(registry: Registry, tmp_path: Path) -> None:
     name = "gate-order"
     first = register(registry, name, make_bundle(tmp_path / "a", 0, mlflow_run_id="train-run-1"), 0.60,
@@ -130,7 +152,12 @@ def test_first_is_champion_better_promoted_worse_stays_challenger(registry: Regi
     assert run.data.metrics[METRIC] == pytest.approx(0.60)
     info = track_store.import_mlflow().models.get_model_info(f"models:/{name}/1")
     assert info.saved_input_example_info["artifact_path"] == "input_example.json"
-    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 3, -1, -1)
+    (images,), (labels,) = info.signature.inputs.to_dict(), info.signature.outputs.to_dict()
+    assert (images["tensor-spec"], labels["tensor-spec"]) == ({"dtype": "uint8", "shape": (-1, -1, -1, 3)},
+                                                              {"dtype": "uint8", "shape": (-1, -1, -1)})
+    requirements = (Path(track_store.import_mlflow().artifacts.download_artifacts(f"models:/{name}/1"))
+                    / "requirements.txt").read_text()  # public packages, pinned: never lofiseg
+    assert sorted(line.split("==")[0] for line in requirements.splitlines()) == ["mlflow", "numpy", "torch"]
 
     better = register(registry, name, make_bundle(tmp_path / "b", 1), 0.62)  # +0.02 >= 0.005
     assert (better.version, better.promote, better.champion_version, better.champion) == ("2", True, "1", "2")
@@ -357,15 +384,16 @@ def test_register_stages_depend_on_their_own_model_entry_only() -> None:
             assert sorted(params) == ["registry.enabled", f"registry.models.{name}", "tracking"]
 
 
-def test_eval_set_identity_is_the_data_set_manifest_or_the_dvc_hash(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_eval_set_identity_is_the_data_set_content_or_the_dvc_hash(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from lofiseg.evaluate.gate import eval_set_identity
 
     monkeypatch.chdir(tmp_path)
     scenes = tmp_path / "data/raw/scenes"
     scenes.mkdir(parents=True)
     (scenes / "manifest.csv").write_text("id,split,tags,image,mask,source,sha256\n")
-    expected = "manifest-sha256:" + hashlib.sha256(b"id,split,tags,image,mask,source,sha256\n").hexdigest()
+    # an empty set with no side file: its digest is the manifest's
+    expected = "dataset-sha256:" + hashlib.sha256(b"id,split,tags,image,mask,source,sha256\n").hexdigest()
     assert eval_set_identity("data/raw/scenes") == expected
     (tmp_path / "data/raw/web").mkdir()  # a sibling set changing does not change the scenes' identity
     assert eval_set_identity("data/raw/scenes") == expected
@@ -373,3 +401,91 @@ def test_eval_set_identity_is_the_data_set_manifest_or_the_dvc_hash(tmp_path: Pa
         "cmd": "x", "deps": [{"path": "data/other", "md5": "abc.dir", "size": 1, "nfiles": 1}]}}}))
     assert eval_set_identity("data/other") == "abc.dir"  # not a data set: DVC's record
     assert eval_set_identity("data/nowhere") is None
+
+
+# --- where champion may move from -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("experiment", "branch", "in_git", "held_by"),
+    [
+        (None, "main", True, None),  # the promote_from branch: the gate decides
+        (None, None, False, None),  # outside git: nothing to tell, the gate decides
+        ("exp-1", None, True, "DVC experiment 'exp-1'"),  # dvc exp run detaches HEAD and names the experiment
+        ("exp-1", "main", True, "DVC experiment 'exp-1'"),  # an experiment never promotes, even from main
+        (None, "feature", True, "git branch 'feature'"),
+        (None, None, True, "a detached HEAD"),
+    ])
+def test_promotion_hold_by_where_the_registration_runs(experiment, branch, in_git, held_by) -> None:
+    hold = promotion_hold(experiment=experiment, branch=branch, in_git=in_git, promote_from="main")
+    if held_by is None:
+        assert hold is None
+    else:
+        assert hold.startswith(f"registered from {held_by}: champion moves only from branch 'main'")
+
+
+def git_stage_repo(root: Path, name: str, miou: float) -> None:
+    """write_stage_repo as a git + DVC repository on branch main, its evaluation set a data set (a manifest),
+    with one DVC stage: ``register`` of model ``name``."""
+    write_stage_repo(root, miou=miou, deeplab_name=name)
+    (root / "data/raw").mkdir(parents=True)
+    (root / "data/raw/manifest.csv").write_text("id,split,tags,image,mask,source,sha256\n")
+    (root / "dvc.lock").unlink()
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"register": {
+        "cmd": f"python -m stages.register --model {name} --out reports/registry/{name}.json",
+        "deps": ["metrics/semantic.json"], "outs": [{f"reports/registry/{name}.json": {"cache": False}}]}}}))
+    for args in (("init", "-q", "-b", "main"), ("config", "user.email", "t@example.invalid"),
+                 ("config", "user.name", "t")):
+        pipeline_run(root, "git", *args)
+    dvc(root, "init", "-q")
+    pipeline_run(root, "git", "add", "-A")
+    pipeline_run(root, "git", "commit", "-qm", "stage repo")
+
+
+def test_an_experiment_or_another_branch_never_moves_the_champion(store: str, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real `dvc repro` and `dvc exp run` of the register stage in a git repository: main promotes, a better
+    experiment is held as challenger (and says why), and so is a better model on another branch."""
+    from stages import register as stage
+
+    name, report = "exp-deeplab", tmp_path / "reports/registry/exp-deeplab.json"
+    git_stage_repo(tmp_path, name, miou=0.40)
+    env = {"PYTHONPATH": str(PROJECT)}  # the stage command imports this checkout's stages and lofiseg
+    dvc(tmp_path, "repro", env=env)
+    first = json.loads(report.read_text())
+    assert (first["version"], first["decision"], first["held"]) == ("1", "promoted", None)
+
+    (tmp_path / "metrics/semantic.json").write_text(json.dumps({"deeplab_pseudo": {"miou": 0.60}}))  # +0.2
+    dvc(tmp_path, "exp", "run", "--name", "better-miou", env=env)
+    held = json.loads(report.read_text())
+    assert (held["version"], held["decision"], held["promote"], held["champion"]) == ("2", "held", False, "1")
+    assert held["reason"].startswith("registered from DVC experiment 'better-miou': champion moves only from "
+                                     "branch 'main'")
+    assert "the gate alone would promote it: better: 0.6 vs champion 0.4" in held["reason"]
+    registry = Registry()
+    assert registry.aliases(name) == {CHAMPION: "1", CHALLENGER: "2"}
+    tags = registry.version(name, "2").tags
+    assert (tags["dvc.experiment"], tags[TAG_DECISION]) == ("better-miou", "held")
+    assert tags[TAG_REASON] == held["reason"]
+
+    pipeline_run(tmp_path, "git", "checkout", "-q", "-b", "feature")  # no experiment, but not main either
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "metrics/semantic.json").write_text(json.dumps({"deeplab_pseudo": {"miou": 0.70}}))
+    stage.main(["--model", name, "--out", str(report)])
+    on_branch = json.loads(report.read_text())
+    assert (on_branch["version"], on_branch["decision"], on_branch["champion"]) == ("3", "held", "1")
+    assert on_branch["reason"].startswith("registered from git branch 'feature'")
+    assert registry.version(name, "3").tags["git.branch"] == "feature"
+
+    pipeline_run(tmp_path, "git", "checkout", "-q", "main")  # the same model from main: the gate promotes it
+    stage.main(["--model", name, "--out", str(report)])
+    assert json.loads(report.read_text())["decision"] == "promoted" and registry.champion(name) == "4"
+
+
+def test_tag_versions_of_runs_tags_exactly_the_versions_those_runs_created(registry: Registry,
+                                                                          tmp_path: Path) -> None:
+    first = register(registry, "tag-after", make_bundle(tmp_path / "a", 0), 0.5)
+    second = register(registry, "tag-after", make_bundle(tmp_path / "b", 1), 0.6)
+    tagged = registry.tag_versions_of_runs([first.run_id, "no-such-run"], {"git.commit": "abc123"})
+    assert tagged == [("tag-after", "1")]
+    assert registry.version("tag-after", first.version).tags["git.commit"] == "abc123"
+    assert "git.commit" not in registry.version("tag-after", second.version).tags

@@ -17,11 +17,13 @@ import yaml
 
 from lofiseg.config import SyntheticScenes, load_params, parse_params
 from lofiseg.data.augment import augmentations
-from lofiseg.data.format import Dataset, DatasetWriter, Sample
+from lofiseg.data.format import Dataset, DatasetWriter, Sample, sha256_file
 from lofiseg.data.labels import class_names_json, remap_labels
-from lofiseg.data.supervision import NoWebTruth, split_records
+from lofiseg.data.loading import TensorSplit
+from lofiseg.data.supervision import NoWebTruth, split_records, tensor_digest
 from lofiseg.data.synthetic import generate_scenes, generate_web
 from lofiseg.models.bundle import load_bundle
+from lofiseg.track.runs import TAG_BUNDLE_SHA256, bundle_run
 from lofiseg.train.distributed import (
     DistContext,
     check_batch_size,
@@ -30,6 +32,7 @@ from lofiseg.train.distributed import (
     shard_batches,
 )
 from lofiseg.train.loop import load_checkpoint
+from lofiseg.train.run import TIMINGS
 from stages import train_deeplab
 from tests.pipeline_repo import PROJECT, TINY, deep_merge, tool_env
 
@@ -218,7 +221,7 @@ def test_stage_trains_and_tracks(tracking_env, supervision):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
-    run = client.get_run(info["mlflow_run_id"])
+    run = client.get_run(bundle_run(out / "model.pt", uri=f"sqlite:///{root}/mlflow.db"))
     assert run.info.run_name == f"deeplab-{supervision}" and run.info.status == "FINISHED"
     assert client.get_experiment(run.info.experiment_id).name == "lofiseg-semantic"
     assert run.data.tags["supervision"] == supervision and "val_miou" in run.data.metrics
@@ -264,13 +267,14 @@ def test_killed_run_resumes_under_torchrun_and_matches_one_process(tracking_env)
         # pixels per channel per rank vs 4 H W in one process): up to 1/127 apart at the 8 x 8 level
         tol = 1e-2 if key.endswith("running_var") else 1e-4
         assert torch.allclose(value.float(), ddp["state_dict"][key].float(), atol=tol, rtol=tol), key
-    assert ddp["info"]["world_size"] == 2 and ddp["info"]["mlflow_run_id"] == state["meta"]["run_id"]
+    assert ddp["info"]["world_size"] == 2 and "mlflow_run_id" not in ddp["info"]
     history = json.loads((root / "resumed" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [0, 1, 2, 3]
     # poly by hand: 1e-3 (1 - e / 4) ** 0.9 = 1e-3, 7.719e-4, 5.359e-4, 2.872e-4
     assert [h["lr"] for h in history] == pytest.approx([1e-3, 7.7193e-4, 5.3589e-4, 2.8717e-4], rel=1e-4)
     done = state["epoch"] + 1
-    assert history[:done] == state["history"]  # epochs before the kill come from the checkpoint as they were
+    before_kill = [{k: v for k, v in h.items() if k not in TIMINGS} for h in state["history"]]
+    assert history[:done] == before_kill  # epochs before the kill come from the checkpoint as they were
     reference = json.loads((root / "straight" / "history.json").read_text())
     for ours, theirs in zip(history[done:], reference[done:], strict=True):
         assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-4)
@@ -286,6 +290,7 @@ def test_killed_run_resumes_under_torchrun_and_matches_one_process(tracking_env)
     assert run.info.status == "FINISHED" and run.data.tags["world_size"] == "2"
     runs = client.search_runs([run.info.experiment_id], filter_string="tags.mlflow.runName = 'deeplab-pseudo'")
     assert run_id in {r.info.run_id for r in runs}
+    assert run.data.tags[TAG_BUNDLE_SHA256] == sha256_file(root / "resumed" / "model.pt")  # the run that wrote it
 
 
 DDP_WORKER = '''
@@ -358,3 +363,16 @@ def test_augment_settings_are_the_transforms_and_read_back_in_words(tmp_path):
     assert training_augmentation(info) == "2x2 mosaics (0.25), flip, blur, rescale 0.5-2"
     info.write_text(json.dumps({"augment": {"mosaic": 0.0, "flip": False, "blur": False, "rescale": None}}))
     assert training_augmentation(info) == "none"
+
+
+def test_the_data_fingerprint_moves_with_one_mask_pixel() -> None:
+    """train_deeplab's checkpoint fingerprint digests exactly what training sees: the same images with one
+    corrected mask pixel are other data (a checkpoint made from the old masks is not resumed)."""
+    images = torch.arange(2 * 3 * 4 * 4, dtype=torch.uint8).reshape(2, 3, 4, 4)
+    masks = torch.zeros(2, 4, 4, dtype=torch.uint8)
+    split = TensorSplit(images, masks, ["a", "b"], [(), ()])
+    corrected = masks.clone()
+    corrected[1, 2, 3] = 1
+    assert tensor_digest(split, split) == tensor_digest(TensorSplit(images.clone(), masks.clone(), ["a", "b"],
+                                                                    [(), ()]), split)
+    assert tensor_digest(TensorSplit(images, corrected, ["a", "b"], [(), ()]), split) != tensor_digest(split, split)

@@ -14,11 +14,12 @@ import torch
 import yaml
 
 from lofiseg.config import SyntheticRegions, parse_params
-from lofiseg.data.format import DatasetWriter
+from lofiseg.data.format import DatasetWriter, sha256_file
 from lofiseg.data.synthetic import generate_regions
 from lofiseg.infer.regions import segment_images
 from lofiseg.models.bundle import load_bundle
 from lofiseg.models.descriptor_heads import descriptor_model
+from lofiseg.track.runs import TAG_BUNDLE_SHA256
 from lofiseg.train.loop import load_checkpoint
 from stages.train_regions import METHODS, make_step, train_regions
 from tests.pipeline_repo import PROJECT, TINY, deep_merge, tool_env
@@ -161,7 +162,10 @@ def test_kill_minus_nine_then_resume_gives_the_same_model(workdir):
     resumed = torch.load(root / "resumed" / "model.pt", weights_only=True)
     for key, value in straight["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][key]), key
-    assert resumed["info"]["mlflow_run_id"] == run_id
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow-resume.db")  # the same run continued and wrote it
+    assert client.get_run(run_id).data.tags[TAG_BUNDLE_SHA256] == sha256_file(root / "resumed" / "model.pt")
     assert resumed["info"]["val"] == straight["info"]["val"]
     history = json.loads((root / "resumed" / "history.json").read_text())
     assert [h["epoch"] for h in history] == list(range(5))

@@ -21,6 +21,7 @@ from lofiseg.data.web import collect_web_images
 from lofiseg.losses.regularized import RegularizedLossSchedule, complete_regularized_terms
 from lofiseg.models.bundle import load_bundle
 from lofiseg.models.factory import build_model
+from lofiseg.track.runs import bundle_run
 from lofiseg.train.regularized_plan import (
     RegularizedStep,
     gt_labels,
@@ -210,14 +211,16 @@ def test_regularized_training_never_needs_a_mask(root):
     assert [h["stage"] for h in history] == ["annealing", "annealing", "normal", "negative", "negative"]
     assert [h["image_size"] for h in history] == [32, 32, 32, 32, 48]
     assert [h["loss_negative"] > 0 for h in history] == [False, False, False, True, True]
+    assert all("images_per_s" not in h for h in history)  # timings: MLflow only
     model, bundle_info = load_bundle(out / "model.pt")
-    assert bundle_info["mlflow_run_id"] == info["mlflow_run_id"] and model.num_classes == 2
+    assert "mlflow_run_id" not in bundle_info and "mlflow_run_id" not in info and model.num_classes == 2
     assert model(torch.rand(1, 3, 48, 48)).shape == (1, 2, 48, 48)
     assert not (root / "ckpt" / "sun-reg.pt").exists()
 
     client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
-    run = client.get_run(info["mlflow_run_id"])
+    run = client.get_run(bundle_run(out / "model.pt", uri=f"sqlite:///{root}/mlflow.db"))
     assert run.info.run_name == "sun-reg" and run.info.status == "FINISHED"
+    assert "images_per_s" in run.data.metrics
     assert client.get_experiment(run.info.experiment_id).name == "lofiseg-single-class"
     sigma = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "sigma"), key=lambda m: m.step)]
     assert sigma == pytest.approx([0.05, 0.15, 0.15, 0.15, 0.15])  # Eq. 8 with n = 2, then the normal stage
@@ -243,7 +246,7 @@ def test_init_from_a_class_replaces_annealing(root):
     history = read(root / "sun_tr" / "history.json")
     assert [h["stage"] for h in history] == ["normal", "negative"]  # no annealing epoch
     client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
-    sigma = client.get_metric_history(info["mlflow_run_id"], "sigma")
+    sigma = client.get_metric_history(bundle_run(root / "sun_tr" / "model.pt", uri=f"sqlite:///{root}/mlflow.db"), "sigma")
     assert [m.value for m in sigma] == [0.15, 0.15]
 
     # a path: checked against train_single.model and copied byte for byte
@@ -285,12 +288,12 @@ def test_a_killed_run_resumes_at_the_next_epoch(root, monkeypatch):
                                                                                  real_save(path, state)))
     stage(root, params, "--class", "leaf", "--data", "web_nomask", "--out", "leaf_resumed")
     assert saved == [2, 3]  # epochs 3 and 4 (0-based 2, 3) only
-    info = read(root / "leaf_resumed" / "info.json")
-    assert info["mlflow_run_id"] == checkpoint["meta"]["run_id"]  # the same MLflow run continued
+    run_id = bundle_run(root / "leaf_resumed" / "model.pt", uri=f"sqlite:///{root}/mlflow.db")
+    assert run_id == checkpoint["meta"]["run_id"]  # the same MLflow run continued
     assert [h["epoch"] for h in read(root / "leaf_resumed" / "history.json")] == [0, 1, 2, 3]
     client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
-    assert sorted(m.step for m in client.get_metric_history(info["mlflow_run_id"], "sigma")) == [0, 1, 2, 3]
-    assert client.get_run(info["mlflow_run_id"]).info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run_id, "sigma")) == [0, 1, 2, 3]
+    assert client.get_run(run_id).info.status == "FINISHED"
 
 
 def test_gt_baseline_trains_on_masks_or_says_why_not(root):
@@ -298,7 +301,8 @@ def test_gt_baseline_trains_on_masks_or_says_why_not(root):
     stage(root, params, "--class", "sun", "--gt", "--data", "web", "--out", "sun_gt")
     info = read(root / "sun_gt" / "info.json")
     assert info["supervision"] == "gt" and info["image_size"] == 32 and (root / "sun_gt" / "model.pt").is_file()
-    run = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db").get_run(info["mlflow_run_id"])
+    run = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db").get_run(
+        bundle_run(root / "sun_gt" / "model.pt", uri=f"sqlite:///{root}/mlflow.db"))
     assert run.info.run_name == "sun-gt"
 
     stage(root, params, "--class", "sun", "--gt", "--data", "web_nomask", "--out", "sun_gt_skipped")

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from lofiseg.data.format import Sample
+from lofiseg.viz.figures import curves_figure, save_figure
 from lofiseg.viz.images import (
     BACKGROUND,
     EMPTY,
@@ -123,3 +124,13 @@ def test_save_png_round_trip(tmp_path):
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["x.png"]  # no temporary file left behind
     with pytest.raises(ValueError, match=r"uint8 array, got shape \(2, 3\) dtype float64"):
         save_png(tmp_path / "y.png", np.zeros((2, 3)))
+
+
+def test_a_saved_figure_is_the_same_bytes_and_names_no_software(tmp_path):
+    """curves.png is in a DVC output: no matplotlib version in it, and the same history gives the same file."""
+    history = [{"epoch": 0, "train_loss": 0.9}, {"epoch": 1, "train_loss": 0.5}]
+    first = save_figure(curves_figure(history, ["train_loss"], "t"), tmp_path / "a.png")
+    second = save_figure(curves_figure(history, ["train_loss"], "t"), tmp_path / "b.png")
+    assert first.read_bytes() == second.read_bytes()
+    with Image.open(first) as im:
+        assert "Software" not in im.info

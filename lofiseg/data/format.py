@@ -4,10 +4,13 @@ A data set is a folder::
 
     images/<id>.<ext>     RGB images (png/jpg)
     masks/<id>.png        uint8 label maps: 0 background, 1..K regions or classes, 255 ignore
-    manifest.csv          one row per sample: id, split, tags, image, mask, source, sha256 (+ extra columns)
+    manifest.csv          one row per sample: id, split, tags, image, mask, source, sha256, mask_sha256
+                          (+ extra columns)
 
 ``manifest.csv`` is written last, inside a temporary folder that is renamed into place, so a folder with a
 manifest is always complete. ``tags`` holds image-level labels separated by ``;`` (e.g. a web image's class).
+``sha256`` / ``mask_sha256`` are the digests of the image and mask files, so the manifest names the data set's
+content (:func:`dataset_digest`); a manifest written before ``mask_sha256`` existed is still read.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ from lofiseg.atomic import atomic_dir
 
 IGNORE = 255
 MANIFEST = "manifest.csv"
-BASE_FIELDS = ("id", "split", "tags", "image", "mask", "source", "sha256")
+BASE_FIELDS = ("id", "split", "tags", "image", "mask", "source", "sha256")  # required in a manifest
+MASK_SHA256 = "mask_sha256"  # written by DatasetWriter; optional when reading (older manifests lack it)
+WRITTEN_FIELDS = (*BASE_FIELDS, MASK_SHA256)
 SPLITS = ("train", "val", "test")
 
 
@@ -61,6 +66,7 @@ class Record:
     source: str
     sha256: str
     extra: dict[str, str] = field(default_factory=dict, compare=False)
+    mask_sha256: str = ""  # empty: no mask, or a manifest from before the column
 
     @property
     def has_mask(self) -> bool:
@@ -86,36 +92,45 @@ def encode_png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to (H, W, 3) uint8; a corrupt or unreadable file raises naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetFormatError(f"{path}: image file is missing")
+def decode_image(data: bytes, where: str) -> np.ndarray:
+    """Decode image bytes to (H, W, 3) uint8; corrupt bytes raise a :class:`DatasetFormatError` naming ``where``."""
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
             im.load()
             return np.asarray(im.convert("RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DatasetFormatError(f"{path}: unreadable or corrupt image ({exc})") from exc
+        raise DatasetFormatError(f"{where}: unreadable or corrupt image ({exc})") from exc
 
 
-def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """Decode a label map to (H, W) uint8 without any palette conversion."""
+def read_image(path: str | os.PathLike, where: str | None = None) -> np.ndarray:
+    """Decode an image file to (H, W, 3) uint8; a missing or corrupt file raises naming ``where`` (default: the
+    path)."""
     path = Path(path)
+    where = where or str(path)
     if not path.is_file():
-        raise DatasetFormatError(f"{path}: mask file is missing")
+        raise DatasetFormatError(f"{where}: image file is missing")
+    return decode_image(path.read_bytes(), where)
+
+
+def read_mask(path: str | os.PathLike, where: str | None = None) -> np.ndarray:
+    """Decode a label map to (H, W) uint8 without any palette conversion; errors name ``where`` (default: the
+    path)."""
+    path = Path(path)
+    where = where or str(path)
+    if not path.is_file():
+        raise DatasetFormatError(f"{where}: mask file is missing")
     try:
         with Image.open(path) as im:
             im.load()
             if im.mode not in ("L", "P"):
                 raise DatasetFormatError(
-                    f"{path}: mask must be a single-channel uint8 PNG (mode L or P), got mode {im.mode}"
+                    f"{where}: mask must be a single-channel uint8 PNG (mode L or P), got mode {im.mode}"
                 )
             return np.asarray(im).astype(np.uint8)  # mode P: the palette indices are the labels
     except DatasetFormatError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DatasetFormatError(f"{path}: unreadable or corrupt mask ({exc})") from exc
+        raise DatasetFormatError(f"{where}: unreadable or corrupt mask ({exc})") from exc
 
 
 def check_mask(mask: np.ndarray, where: str, image_shape: tuple[int, int] | None = None,
@@ -199,24 +214,30 @@ class DatasetWriter:
 
     def add_encoded(self, sample_id: str, image_bytes: bytes, image_ext: str, mask: np.ndarray | None,
                     split: str, tags: Iterable[str] = (), source: str = "", extra: dict[str, str] | None = None,
-                    image_shape: tuple[int, int] | None = None) -> None:
-        """Add an already-encoded image (kept byte for byte) with an optional label map."""
+                    image_shape: tuple[int, int] | None = None, image_origin: str | None = None,
+                    mask_origin: str | None = None) -> None:
+        """Add an already-encoded image (kept byte for byte) with an optional label map.
+
+        ``image_origin`` / ``mask_origin``: where the image bytes and the mask came from (the source file, its
+        data set and id), named by the errors instead of the temporary copy; default ``sample <id>``.
+        """
         assert self._tmp is not None, "use DatasetWriter as a context manager"
         self._claim(sample_id)
         if split not in SPLITS:
             raise DatasetFormatError(f"sample {sample_id!r}: split {split!r} not in {list(SPLITS)}")
         image_rel = f"images/{sample_id}.{image_ext.lower().lstrip('.')}"
-        (self._tmp / image_rel).write_bytes(image_bytes)
-        mask_rel = ""
+        mask_rel, mask_bytes = "", b""
         if mask is not None:
             if image_shape is None:
-                image_shape = read_image(self._tmp / image_rel).shape[:2]
-            check_mask(mask, f"sample {sample_id!r}", image_shape, allow_empty=True)
-            mask_rel = f"masks/{sample_id}.png"
-            (self._tmp / mask_rel).write_bytes(encode_png(mask))
+                image_shape = decode_image(image_bytes, image_origin or f"sample {sample_id!r}").shape[:2]
+            check_mask(mask, mask_origin or f"sample {sample_id!r}", image_shape, allow_empty=True)
+            mask_rel, mask_bytes = f"masks/{sample_id}.png", encode_png(mask)
+            (self._tmp / mask_rel).write_bytes(mask_bytes)
+        (self._tmp / image_rel).write_bytes(image_bytes)
         row = {
             "id": sample_id, "split": split, "tags": ";".join(tags), "image": image_rel, "mask": mask_rel,
             "source": source, "sha256": sha256_bytes(image_bytes),
+            MASK_SHA256: sha256_bytes(mask_bytes) if mask_rel else "",
         }
         extra = extra or {}
         unknown = set(extra) - set(self.extra_fields)
@@ -225,6 +246,20 @@ class DatasetWriter:
                              f"extra_fields={list(self.extra_fields)}")
         row.update({k: str(extra.get(k, "")) for k in self.extra_fields})
         self._rows.append(row)
+
+    def copy(self, source: Dataset, record: Record, mask: np.ndarray | None, extra: dict[str, str] | None = None,
+             image_shape: tuple[int, int] | None = None) -> None:
+        """Add ``record`` of the data set ``source``: its image byte for byte, its split, tags and source, with
+        ``mask`` (its own mask, or one derived from it) as the label map. A missing or corrupt image, or a mask
+        that does not fit it, raises naming the source file, the data set and the id."""
+        image_path = source.root / record.image
+        image_origin = source.describe(record, "image")
+        if not image_path.is_file():
+            raise DatasetFormatError(f"{image_origin}: image file is missing")
+        self.add_encoded(record.id, image_path.read_bytes(), image_path.suffix.lstrip("."), mask,
+                         split=record.split, tags=record.tags, source=record.source, extra=extra,
+                         image_shape=image_shape, image_origin=image_origin,
+                         mask_origin=source.describe(record, "mask" if record.has_mask else "image"))
 
     def add_file(self, rel_path: str, data: bytes) -> None:
         """Add a side file (e.g. extra human segmentations) under the data set root."""
@@ -239,7 +274,7 @@ class DatasetWriter:
         assert self._tmp is not None
         rows = sorted(self._rows, key=lambda r: (SPLITS.index(r["split"]), r["id"]))
         with open(self._tmp / MANIFEST, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(BASE_FIELDS) + list(self.extra_fields))
+            writer = csv.DictWriter(fh, fieldnames=list(WRITTEN_FIELDS) + list(self.extra_fields))
             writer.writeheader()
             writer.writerows(rows)
 
@@ -257,7 +292,7 @@ class Dataset:
             missing = [f for f in BASE_FIELDS if f not in (reader.fieldnames or [])]
             if missing:
                 raise DatasetFormatError(f"{manifest}: missing columns {missing}")
-            self.extra_fields = tuple(f for f in reader.fieldnames if f not in BASE_FIELDS)
+            self.extra_fields = tuple(f for f in reader.fieldnames if f not in WRITTEN_FIELDS)
             rows = list(reader)
         counts = Counter(r["id"] for r in rows)
         dupes = sorted(i for i, n in counts.items() if n > 1)
@@ -270,7 +305,7 @@ class Dataset:
             self.records.append(Record(
                 id=r["id"], split=r["split"], tags=tuple(t for t in r["tags"].split(";") if t),
                 image=r["image"], mask=r["mask"], source=r["source"], sha256=r["sha256"],
-                extra={k: r[k] for k in self.extra_fields},
+                extra={k: r[k] for k in self.extra_fields}, mask_sha256=r.get(MASK_SHA256) or "",
             ))
         self._by_id = {r.id: r for r in self.records}
 
@@ -291,15 +326,19 @@ class Dataset:
             raise ValueError(f"split must be one of {list(SPLITS)}, got {name!r}")
         return [r for r in self.records if r.split == name]
 
+    def describe(self, record: Record, part: str = "image") -> str:
+        """``<file> (data set <root>, sample <id>)``: how errors name a sample's ``part`` ("image" or "mask")."""
+        return f"{self.root / getattr(record, part)} (data set {self.root}, sample {record.id!r})"
+
     def image(self, record: Record | str) -> np.ndarray:
         record = self[record] if isinstance(record, str) else record
-        return read_image(self.root / record.image)
+        return read_image(self.root / record.image, self.describe(record, "image"))
 
     def mask(self, record: Record | str) -> np.ndarray:
         record = self[record] if isinstance(record, str) else record
         if not record.has_mask:
             raise DatasetFormatError(f"{self.root / MANIFEST}: sample {record.id!r} has no mask")
-        return read_mask(self.root / record.mask)
+        return read_mask(self.root / record.mask, self.describe(record, "mask"))
 
     def validate(self, max_label: int | None = None, require_masks: bool = False, allow_empty: bool = False,
                  check_sha256: bool = True) -> None:
@@ -317,5 +356,24 @@ class Dataset:
                 if require_masks:
                     raise DatasetFormatError(f"{self.root / MANIFEST}: sample {record.id!r} has no mask")
                 continue
-            mask = read_mask(self.root / record.mask)
-            check_mask(mask, str(self.root / record.mask), image.shape[:2], max_label, allow_empty)
+            mask_path = self.root / record.mask
+            mask = read_mask(mask_path)
+            check_mask(mask, str(mask_path), image.shape[:2], max_label, allow_empty)
+            if check_sha256 and record.mask_sha256:
+                digest = sha256_bytes(mask_path.read_bytes())
+                if digest != record.mask_sha256:
+                    raise DatasetFormatError(f"{mask_path}: sha256 {digest[:12]}... does not match the manifest")
+
+
+def dataset_digest(root: str | os.PathLike) -> str:
+    """The sha256 of a data set's content: its manifest (which holds every image's and mask's sha256) and, by
+    relative path, the sha256 of every other file under ``root`` (side files such as alternative annotations
+    or classes.json, and the masks of a manifest without ``mask_sha256``). Changing only a mask changes it."""
+    data = Dataset(root)
+    hashed = {MANIFEST} | {r.image for r in data if r.sha256} | {r.mask for r in data if r.mask_sha256}
+    digest = hashlib.sha256((data.root / MANIFEST).read_bytes())
+    for path in sorted(p for p in data.root.rglob("*") if p.is_file()):
+        rel = path.relative_to(data.root).as_posix()
+        if rel not in hashed and not any(part.startswith(".") for part in rel.split("/")):
+            digest.update(f"\n{rel} {sha256_file(path)}".encode())
+    return digest.hexdigest()

@@ -115,7 +115,6 @@ def make_noisy_copy(source: Path, out: Path, rate: float, seed: int, boundary_px
     counts = {"train": 0, "flipped": 0, "dropped_regions": 0}
     with DatasetWriter(out, extra_fields=extra_fields) as writer:
         for record in tqdm(src, desc=f"noise {rate:g}", unit="img", file=sys.stderr):
-            image_path = src.root / record.image
             mask = src.mask(record) if record.has_mask else None
             extra = {k: v for k, v in record.extra.items() if k in extra_fields}
             extra.update(noise_rate=str(float(rate)), noise_flipped="0", noise_permutation="", noise_dropped="")
@@ -130,6 +129,5 @@ def make_noisy_copy(source: Path, out: Path, rate: float, seed: int, boundary_px
                     noise_permutation=";".join(f"{a}>{b}" for a, b in result.permutation.items()),
                     noise_dropped=";".join(map(str, result.dropped)),
                 )
-            writer.add_encoded(record.id, image_path.read_bytes(), image_path.suffix.lstrip("."), mask,
-                               split=record.split, tags=record.tags, source=record.source, extra=extra)
+            writer.copy(src, record, mask, extra)
     return counts

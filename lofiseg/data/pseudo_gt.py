@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from lofiseg.data.format import IGNORE, MANIFEST, Dataset, DatasetFormatError, DatasetWriter, read_mask
+from lofiseg.data.format import IGNORE, MANIFEST, Dataset, DatasetFormatError, DatasetWriter
 from lofiseg.data.labels import CLASSES_FILE, class_names_json, read_class_names
 
 log = logging.getLogger(__name__)
@@ -69,12 +69,9 @@ def write_union(parts: Mapping[str, Dataset], classes: Sequence[str], out: Path)
                 owner[record.id] = name
                 if not record.has_mask:
                     raise DatasetFormatError(f"{data.root / MANIFEST}: sample {record.id!r} has no pseudo label")
-                mask = read_mask(data.root / record.mask)
-                check_values(mask, class_id, str(data.root / record.mask))
-                image_path = data.root / record.image
-                writer.add_encoded(record.id, image_path.read_bytes(), image_path.suffix.lstrip("."), mask,
-                                   split=record.split, tags=record.tags, source=record.source,
-                                   extra={k: record.extra.get(k, "") for k in extra_fields})
+                mask = data.mask(record)
+                check_values(mask, class_id, data.describe(record, "mask"))
+                writer.copy(data, record, mask, {k: record.extra.get(k, "") for k in extra_fields})
                 bar.update(1)
         writer.add_file(CLASSES_FILE, class_names_json(classes))
     return total

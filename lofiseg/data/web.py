@@ -34,12 +34,11 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
-import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from lofiseg.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from lofiseg.data.format import Dataset, DatasetWriter, encode_png, read_mask, sha256_bytes
+from lofiseg.data.format import Dataset, DatasetWriter, decode_image, encode_png, read_mask, sha256_bytes
 from lofiseg.data.holdout import hold_out
 from lofiseg.data.sources import SourceError
 from lofiseg.data.transfer import (
@@ -308,6 +307,10 @@ class _Item:
     mask: Path | None = None  # synthetic images only
     verbatim: bool = False  # synthetic images: copied byte for byte whatever their format
 
+    def describe(self, path: Path | None) -> str:
+        """How errors name this item's file ``path`` (image or mask): the file, class, source and id."""
+        return f"{path} (web class {self.cls!r}, from {self.source}, sample {self.id!r})"
+
 
 class _Sessions:
     """One ``requests.Session`` per worker thread, all closed at the end."""
@@ -526,11 +529,11 @@ def _write_dataset(out: Path, items: list[_Item], val_ids: set[str]) -> None:
             if sha256_bytes(data) != item.sha256:
                 raise SourceError(f"{item.path}: changed while collecting ({item.source}); run again")
             if not item.verbatim and ext not in _KEPT_EXT:
-                with Image.open(io.BytesIO(data)) as im:
-                    data, ext = encode_png(np.asarray(im.convert("RGB"))), "png"
-            mask = read_mask(item.mask) if item.mask is not None else None
+                data, ext = encode_png(decode_image(data, item.describe(item.path))), "png"
+            mask = read_mask(item.mask, item.describe(item.mask)) if item.mask is not None else None
             split = "val" if item.id in val_ids else item.split
-            writer.add_encoded(item.id, data, ext, mask, split=split, tags=item.tags, source=item.source)
+            writer.add_encoded(item.id, data, ext, mask, split=split, tags=item.tags, source=item.source,
+                               image_origin=item.describe(item.path), mask_origin=item.describe(item.mask))
 
 
 def collect_web_images(params: WebOptions, out: str | os.PathLike, cache: str | os.PathLike,

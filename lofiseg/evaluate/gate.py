@@ -4,14 +4,13 @@ plus how it was measured)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lofiseg.data.format import MANIFEST
+from lofiseg.data.format import MANIFEST, dataset_digest
 from lofiseg.provenance import dvc_hashes
 
 
@@ -64,18 +63,19 @@ def section_metrics(metrics: Mapping[str, Any], path: str, value: float) -> dict
 
 
 def eval_set_identity(path: str) -> str | None:
-    """What the gate compares: for a data set in the project's format the sha256 of its manifest (which lists
-    every image's and mask's sha256), so the identity is that of the files read now and of nothing beside
-    them; otherwise the md5 DVC recorded for the path; None when neither exists."""
-    manifest = Path(path) / MANIFEST
-    if manifest.is_file():
-        return "manifest-sha256:" + hashlib.sha256(manifest.read_bytes()).hexdigest()
+    """What the gate compares: for a data set in the project's format its content digest
+    (:func:`~lofiseg.data.format.dataset_digest`: the manifest with every image's and mask's sha256, and its
+    side files), so the identity is that of the files read now and of nothing beside them, and corrected
+    masks alone make another evaluation set; otherwise the md5 DVC recorded for the path; None when neither
+    exists."""
+    if (Path(path) / MANIFEST).is_file():
+        return "dataset-sha256:" + dataset_digest(path)
     return next(iter(dvc_hashes([path], ".").values()), None)
 
 
 def evaluation_identity(data_identity: str | None, measured: Sequence[tuple[str, Any]]) -> str | None:
     """The evaluation set's identity followed by ``key=value`` (value as JSON) of each pair of ``measured``:
-    how the metric was measured, e.g. ``manifest-sha256:... evaluate.semantic_flip=true``."""
+    how the metric was measured, e.g. ``dataset-sha256:... evaluate.semantic_flip=true``."""
     if data_identity is None:
         return None
     return " ".join([data_identity, *(f"{key}={json.dumps(value)}" for key, value in measured)])

@@ -7,25 +7,27 @@ the config keeps the file loadable without pickled classes.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lofiseg.atomic import atomic_file
+from lofiseg.atomic import atomic_write_bytes
 from lofiseg.models.factory import SegmentationModel, build_model
 
 FORMAT = 1
 
 
 def save_bundle(path: str | os.PathLike, model: SegmentationModel, info: dict[str, Any]) -> Path:
-    path = Path(path)
+    """Write ``model.pt`` atomically. Serialised in memory: ``torch.save`` to a file names its zip records after
+    that file, and the temporary file's name (pid, random suffix) would make every save's bytes differ."""
     state = {"format": FORMAT, "model_config": dict(model.config),
              "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "info": dict(info)}
-    with atomic_file(path) as tmp:
-        torch.save(state, tmp)
-    return path
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_bundle(path: str | os.PathLike) -> tuple[SegmentationModel, dict[str, Any]]:

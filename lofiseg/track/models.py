@@ -1,7 +1,10 @@
 """Segmentation models in MLflow: the signature with free batch/H/W, pinned pip requirements, loading back.
 
-:meth:`lofiseg.track.tracker.Tracker.log_model` logs with these; :func:`load_model` reads a logged or registered
-model back. mlflow and torch are imported lazily.
+Two forms: :meth:`lofiseg.track.tracker.Tracker.log_model` pickles the bare network (training runs; loading
+needs lofiseg), :meth:`~lofiseg.track.tracker.Tracker.log_served_model` logs a TorchScript
+:class:`~lofiseg.infer.served.ServedSegmenter` behind the models-from-code pyfunc
+:mod:`lofiseg.track.served_model` (registered models; serving needs only mlflow, numpy and torch).
+:func:`load_model` reads either back as the network's one pass. mlflow and torch are imported lazily.
 """
 
 from __future__ import annotations
@@ -80,15 +83,58 @@ def default_pip_requirements(model: torch.nn.Module) -> list[str]:
     return sorted(requirements)
 
 
+SERVED_MODEL_CODE = Path(__file__).with_name("served_model.py")  # the pyfunc, logged as models-from-code
+SERVED_ARTIFACT = "segmenter"  # its TorchScript artifact (served_model.ARTIFACT: that file cannot import lofiseg)
+SERVED_PACKAGES = ("mlflow", "numpy", "torch")  # all a served model needs, pinned to the installed versions
+
+
+def served_signature(example_images: np.ndarray, output: np.ndarray) -> Any:
+    """An MLflow ModelSignature images (N, H, W, 3) -> (N, H, W) label map or probability; N, H, W free."""
+    import_mlflow()
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    if example_images.ndim != 4 or example_images.shape[-1] != 3 or output.ndim != 3:
+        raise ValueError(f"expected images (N, H, W, 3) -> (N, H, W), got {example_images.shape} -> {output.shape}")
+    return ModelSignature(inputs=Schema([TensorSpec(example_images.dtype, (-1, -1, -1, 3))]),
+                          outputs=Schema([TensorSpec(output.dtype, (-1, -1, -1))]))
+
+
+def served_pip_requirements() -> list[str]:
+    """``<package>==<installed version>`` of :data:`SERVED_PACKAGES`: public packages only, never lofiseg."""
+    from importlib import metadata
+
+    return [f"{package}=={metadata.version(package)}" for package in SERVED_PACKAGES]
+
+
+def load_served(model_uri: str, *, tracking_uri: str | None = None) -> torch.jit.ScriptModule:
+    """The TorchScript :class:`~lofiseg.infer.served.ServedSegmenter` of a model logged by
+    :meth:`Tracker.log_served_model`, in eval mode; ValueError for a model of another form."""
+    check_name("model_uri", model_uri)
+    mlflow = import_mlflow()
+    with tracking_uri_set(tracking_uri or default_tracking_uri(Path.cwd())):
+        flavors = mlflow.models.get_model_info(model_uri).flavors
+        if "pytorch" in flavors or "python_function" not in flavors:
+            raise ValueError(f"{model_uri}: not a served segmenter (flavors {sorted(flavors)})")
+        pyfunc = mlflow.pyfunc.load_model(model_uri)
+    return pyfunc.unwrap_python_model().segmenter
+
+
 def load_model(model_uri: str, *, tracking_uri: str | None = None,
                map_location: str | torch.device = "cpu") -> torch.nn.Module:
-    """Load a model logged by :meth:`Tracker.log_model` (``models:/...``, ``runs:/...``), in eval mode.
+    """The network (one pass, (N, 3, H, W) in [0, 1] -> scores) of a model logged by :meth:`Tracker.log_model`
+    or :meth:`Tracker.log_served_model` (``models:/...``, ``runs:/...``), in eval mode; a served one runs on
+    the CPU.
 
     ``tracking_uri`` resolves ``models:/`` URIs (default: :func:`default_tracking_uri` of the cwd).
     """
+    from lofiseg.infer.served import OnePass
+
     check_name("model_uri", model_uri)
     uri = tracking_uri or default_tracking_uri(Path.cwd())
     mlflow = import_mlflow()
     with tracking_uri_set(uri):
+        if "pytorch" not in mlflow.models.get_model_info(model_uri).flavors:
+            return OnePass(load_served(model_uri, tracking_uri=uri)).eval()
         model = mlflow.pytorch.load_model(model_uri, map_location=map_location)
     return model.eval()

@@ -3,8 +3,10 @@
 Part of :mod:`lofiseg.track`, the only package of lofiseg that imports mlflow (lazily, through
 :func:`lofiseg.track.store.import_mlflow`).
 
-Each registration is a ``register-<name>`` run that logs the bundle's model with its signature and an input
-example, then becomes a new version of the registered model ``name`` with alias ``challenger`` and tags: the
+Each registration is a ``register-<name>`` run that logs the bundle's model as served
+(:meth:`Tracker.log_served_model`: a TorchScript :class:`~lofiseg.infer.served.ServedSegmenter` that predicts
+with the test-time scales and flip the gate metric was measured with, loadable and servable without lofiseg)
+with its signature and an input example, then becomes a new version of the registered model ``name`` with alias ``challenger`` and tags: the
 evaluation set's hash (``lofiseg.eval_set``, the DVC md5 of ``eval_data``), metric values
 (``lofiseg.metric.<path>``), the gate, the git commit and the training run the bundle came from.
 
@@ -13,21 +15,27 @@ evaluated on the same evaluation set, by at least ``min_improvement``; the first
 Every decision and its reason are tags on the version (``lofiseg.decision``, ``lofiseg.reason``). A version
 that becomes champion remembers the one it replaced (``lofiseg.previous_champion``), so :meth:`Registry.rollback`
 can walk back one promotion at a time.
+
+Only the branch ``promote_from`` moves ``champion``: a registration inside a DVC experiment, on another git
+branch or on a detached HEAD is held (:func:`promotion_hold`): it stays challenger whatever the gate says, and
+its reason says why and what the gate alone would have done.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from lofiseg.track.runs import bundle_run
 from lofiseg.track.store import check_store, default_tracking_uri, import_mlflow
 from lofiseg.track.tracker import Tracker
+from lofiseg.track.values import check_name
 
 if TYPE_CHECKING:
     import torch
@@ -46,6 +54,8 @@ TAG_SOURCE_RUN = "lofiseg.source_run"  # the training run that produced the bund
 TAG_REGISTER_RUN = "lofiseg.register_run"
 TAG_BUNDLE = "lofiseg.bundle"
 TAG_IMAGE_SIZE = "lofiseg.image_size"  # training image side: predict's default input size
+TAG_EXPERIMENT = "dvc.experiment"  # the DVC experiment a version was registered from
+TAG_BRANCH = "git.branch"  # the git branch it was registered from (a retrain: the branch its results are on)
 UNKNOWN = "unknown"
 BUNDLE_FILE = "model.pt"
 Direction = Literal["maximize", "minimize"]
@@ -93,6 +103,21 @@ def decide(challenger: float, champion: float | None, direction: Direction, min_
     return Decision(True, f"better: {versus} >= required {min_improvement:g})")
 
 
+def promotion_hold(*, experiment: str | None, branch: str | None, in_git: bool, promote_from: str) -> str | None:
+    """Why ``champion`` must not move from where a registration runs; None if it may.
+
+    Inside a DVC experiment (``experiment``: its name) never; in git, only on branch ``promote_from`` (a
+    detached HEAD is no branch); outside git (nothing to tell) the gate alone decides.
+    """
+    where = (f"DVC experiment {experiment!r}" if experiment else
+             None if not in_git or branch == promote_from else
+             f"git branch {branch!r}" if branch else "a detached HEAD")
+    if where is None:
+        return None
+    return (f"registered from {where}: champion moves only from branch {promote_from!r} "
+            f"(params registry.promote_from; merge first, or promote by hand)")
+
+
 # --- what a registration produced ---------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -112,10 +137,11 @@ class GateResult:
     eval_set: str
     champion: str | None  # after the decision
     run_id: str | None
+    held: str | None = None  # why champion could not move from here (promotion_hold); None: the gate decided
 
     @property
     def decision(self) -> str:
-        return "promoted" if self.promote else "rejected"
+        return "held" if self.held else "promoted" if self.promote else "rejected"
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "decision": self.decision}
@@ -133,6 +159,12 @@ class Change:
 
 # --- inputs -------------------------------------------------------------------------------------------------
 
+def bundle_file(bundle: str | os.PathLike) -> Path:
+    """The model file of a bundle folder (``<folder>/model.pt``) or the file itself."""
+    path = Path(bundle)
+    return path / BUNDLE_FILE if path.is_dir() else path
+
+
 def load_registrable(bundle: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The model a bundle folder (``<folder>/model.pt``) or file holds, as registered and predicted with.
 
@@ -143,16 +175,15 @@ def load_registrable(bundle: str | os.PathLike) -> tuple[torch.nn.Module, dict[s
     from lofiseg.models.bundle import load_bundle
     from lofiseg.models.channel import ChannelSelected
 
-    path = Path(bundle)
-    model, info = load_bundle(path / BUNDLE_FILE if path.is_dir() else path)
+    model, info = load_bundle(bundle_file(bundle))
     if info.get("task") == "saliency" and info.get("channel") is not None:
         return ChannelSelected(model, int(info["channel"])).eval(), info
     return model, info
 
 
-def example_input(size: int, seed: int = 0) -> np.ndarray:
-    """A fixed (1, 3, size, size) float32 image in [0, 1]: the input example logged with the model."""
-    return np.random.default_rng(seed).random((1, 3, size, size), dtype=np.float32)
+def example_images(size: int, seed: int = 0) -> np.ndarray:
+    """A fixed (1, size, size, 3) uint8 RGB image: the input example logged with the served model."""
+    return np.random.default_rng(seed).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
 
 
 def _float_tag(tags: Mapping[str, str], key: str) -> float | None:
@@ -229,17 +260,24 @@ class Registry:
     def register(self, name: str, bundle: str | os.PathLike, *, metrics: Mapping[str, float],
                  eval_set: str | None, eval_data: str, gate_metric: str, direction: Direction,
                  min_improvement: float, experiment: str = "lofiseg-registry",
-                 tags: Mapping[str, str] | None = None) -> tuple[str, str]:
+                 tags: Mapping[str, str] | None = None, scales: Sequence[float] = (1.0,),
+                 flip: bool = False) -> tuple[str, str]:
         """Log the bundle's model in a ``register-<name>`` run and make it a new version, alias ``challenger``.
 
         ``metrics`` ("/"-path -> value, the gate metric among them) are logged to the run and tagged on the
         version; ``eval_set`` is the evaluation set's hash (None: unknown); ``tags`` (e.g.
-        :func:`lofiseg.provenance.standard_tags`) go on both. Returns (version, register run id).
+        :func:`lofiseg.provenance.standard_tags`) go on both. The model predicts at the bundle's training size
+        with the test-time ``scales`` and ``flip`` (:func:`lofiseg.infer.served.export_segmenter`). Returns
+        (version, register run id).
         """
+        from lofiseg.infer.served import export_segmenter
+
         if gate_metric not in metrics:
             raise ValueError(f"metrics: the gate metric {gate_metric!r} is missing; got {sorted(metrics)}")
         model, info = load_registrable(bundle)
-        example = example_input(int(info.get("image_size", 64)))
+        size = int(info.get("image_size") or 64)
+        example = example_images(size)
+        served = export_segmenter(model, size, scales, flip)
         version_tags = {
             **{str(k): str(v) for k, v in (tags or {}).items()},
             TAG_EVAL_SET: eval_set or UNKNOWN,
@@ -249,17 +287,20 @@ class Registry:
             f"{TAG_GATE}direction": direction,
             f"{TAG_GATE}min_improvement": repr(float(min_improvement)),
             TAG_BUNDLE: str(bundle),
-            TAG_IMAGE_SIZE: str(example.shape[-1]),
+            TAG_IMAGE_SIZE: str(size),
         }
-        if info.get("mlflow_run_id"):
-            version_tags[TAG_SOURCE_RUN] = str(info["mlflow_run_id"])
+        # the training run tagged with this model.pt's sha256 (bundles written before that name it in info)
+        source_run = info.get("mlflow_run_id") or bundle_run(bundle_file(bundle), uri=self.uri)
+        if source_run:
+            version_tags[TAG_SOURCE_RUN] = str(source_run)
         run_tags = {**version_tags, "lofiseg.stage": "register", "lofiseg.registered_model": name}
         with Tracker(experiment, f"register-{name}", uri=self.uri, tags=run_tags) as tracker:
             tracker.log_params({"bundle": str(bundle), "model_config": getattr(getattr(model, "model", model), "config", {}),
                                 "gate": {"metric": gate_metric, "direction": direction,
-                                         "min_improvement": min_improvement}})
+                                         "min_improvement": min_improvement},
+                                "test_time": {"scales": list(served.scales), "flip": served.flip}})
             tracker.log_metrics(dict(metrics), step=0)
-            model_uri = tracker.log_model(model, "model", example, save_example=True)
+            model_uri = tracker.log_served_model(served, "model", example)
             model_id = model_uri.removeprefix("models:/")  # MLflow 3: a logged model's URI names its id
             self._ensure_model(name)
             created = self.client.create_model_version(
@@ -308,10 +349,14 @@ class Registry:
         return decision, champion_version, champion_value
 
     def apply(self, name: str, version: str, decision: Decision, *, how: str = "gate") -> Change:
-        """Tag ``version`` with the decision and its reason; on promotion move ``champion`` to it."""
+        """Tag ``version`` with the decision and its reason; on promotion move ``champion`` to it.
+
+        ``how``: ``gate``, ``held`` (not promotable from here, :func:`promotion_hold`), ``manual`` or ``rollback``.
+        """
         version = str(self.version(name, version).version)
         old = self.champion(name)
-        label = ("promoted" if decision.promote else "rejected") + ("" if how == "gate" else f" ({how})")
+        label = "held" if how == "held" else (
+            ("promoted" if decision.promote else "rejected") + ("" if how == "gate" else f" ({how})"))
         self.client.set_model_version_tag(name, version, TAG_DECISION, label)
         self.client.set_model_version_tag(name, version, TAG_REASON, decision.reason[:5000])
         if not decision.promote:
@@ -327,19 +372,40 @@ class Registry:
     def register_and_gate(self, name: str, bundle: str | os.PathLike, *, metrics: Mapping[str, float],
                           eval_set: str | None, eval_data: str, gate_metric: str, direction: Direction,
                           min_improvement: float, experiment: str = "lofiseg-registry",
-                          tags: Mapping[str, str] | None = None) -> GateResult:
-        """:meth:`register`, :meth:`gate` and :meth:`apply` in one go."""
+                          tags: Mapping[str, str] | None = None, scales: Sequence[float] = (1.0,),
+                          flip: bool = False, hold: str | None = None) -> GateResult:
+        """:meth:`register`, :meth:`gate` and :meth:`apply` in one go; with ``hold`` (a reason, see
+        :func:`promotion_hold`) the version stays challenger whatever the gate says."""
         version, run_id = self.register(name, bundle, metrics=metrics, eval_set=eval_set, eval_data=eval_data,
                                         gate_metric=gate_metric, direction=direction,
-                                        min_improvement=min_improvement, experiment=experiment, tags=tags)
+                                        min_improvement=min_improvement, experiment=experiment, tags=tags,
+                                        scales=scales, flip=flip)
         decision, champion_version, champion_value = self.gate(name, version, gate_metric, direction,
                                                                min_improvement)
-        change = self.apply(name, version, decision)
+        if hold is not None:
+            gate_alone = "promote" if decision.promote else "reject"
+            decision = Decision(False, f"{hold}; the gate alone would {gate_alone} it: {decision.reason}")
+        change = self.apply(name, version, decision, how="gate" if hold is None else "held")
         return GateResult(name=name, version=version, promote=decision.promote, reason=decision.reason,
                           metric=gate_metric, direction=direction, min_improvement=float(min_improvement),
                           challenger_value=float(metrics[gate_metric]), champion_version=champion_version,
                           champion_value=champion_value, eval_set=eval_set or UNKNOWN, champion=change.new,
-                          run_id=run_id)
+                          run_id=run_id, held=hold)
+
+    # -- after the fact
+
+    def tag_versions_of_runs(self, run_ids: Sequence[str], tags: Mapping[str, str]) -> list[tuple[str, str]]:
+        """Set ``tags`` on every model version the runs ``run_ids`` created (e.g. the commit that versions a
+        retrain's results); returns those versions as (registered model, version)."""
+        if isinstance(run_ids, str):
+            raise TypeError(f"run_ids: expected a list of MLflow run ids, got the string {run_ids!r}")
+        tagged = []
+        for run_id in run_ids:
+            for found in self.client.search_model_versions(f"run_id = '{check_name('run_ids', run_id)}'"):
+                for key, value in tags.items():
+                    self.client.set_model_version_tag(found.name, found.version, key, str(value))
+                tagged.append((found.name, str(found.version)))
+        return sorted(tagged)
 
     # -- by hand
 

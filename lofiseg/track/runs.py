@@ -1,16 +1,21 @@
-"""Reading runs back from the MLflow store: by tag, by id, or every run of an experiment (for comparisons)."""
+"""Reading runs back from the MLflow store (by tag, by id, or every run of an experiment, for comparisons), and
+tagging them after the fact."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lofiseg.data.format import sha256_file
 from lofiseg.track.store import check_store, default_tracking_uri, mlflow_client
 from lofiseg.track.values import check_name
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+
+TAG_BUNDLE_SHA256 = "lofiseg.bundle_sha256"  # on a training run: the sha256 of the model.pt it wrote
 
 
 def runs_with_tag(key: str, value: str, *, uri: str | None = None) -> list[dict[str, str]]:
@@ -23,6 +28,32 @@ def runs_with_tag(key: str, value: str, *, uri: str | None = None) -> list[dict[
     return [{"run_id": r.info.run_id, "experiment_id": r.info.experiment_id, "run_name": r.info.run_name,
              "status": r.info.status} for r in runs]
 
+
+def bundle_run(model_file: str | os.PathLike, *, uri: str | None = None) -> str | None:
+    """The id of the MLflow run that wrote ``model_file`` (a training run tags itself with the file's sha256,
+    :data:`TAG_BUNDLE_SHA256`: the run id lives in MLflow, not in the DVC output); the latest when several
+    runs wrote the same bytes; None when none did (tracking was off)."""
+    uri = uri or default_tracking_uri(Path.cwd())
+    check_store(uri)
+    client = mlflow_client(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return None
+    runs = client.search_runs(experiments, filter_string=f"tags.`{TAG_BUNDLE_SHA256}` = '{sha256_file(model_file)}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def tag_runs(run_ids: Sequence[str], tags: dict[str, str], *, uri: str | None = None) -> None:
+    """Set ``tags`` on each of the runs ``run_ids`` (e.g. the commit that versions what they produced)."""
+    if isinstance(run_ids, str):
+        raise TypeError(f"run_ids: expected a list of MLflow run ids, got the string {run_ids!r}")
+    uri = uri or default_tracking_uri(Path.cwd())
+    check_store(uri)
+    client = mlflow_client(uri)
+    for run_id in run_ids:
+        for key, value in tags.items():
+            client.set_tag(check_name("run_ids", run_id), key, str(value))
 
 
 # --- reading runs back (for comparisons) ------------------------------------------------------------------

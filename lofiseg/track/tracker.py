@@ -23,7 +23,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lofiseg.track.models import default_pip_requirements, eval_output, example_tensor, segmentation_signature
+from lofiseg.track.models import (
+    SERVED_ARTIFACT,
+    SERVED_MODEL_CODE,
+    default_pip_requirements,
+    eval_output,
+    example_tensor,
+    segmentation_signature,
+    served_pip_requirements,
+    served_signature,
+)
 from lofiseg.track.store import (
     TrackingUnavailable,
     artifact_root_for,
@@ -345,4 +354,32 @@ class Tracker:
         info = import_mlflow().pytorch.log_model(model, name=name, signature=signature,
                                            serialization_format="pickle", pip_requirements=requirements,
                                            step=step, input_example=example.numpy() if save_example else None)
+        return info.model_uri
+
+    def log_served_model(self, segmenter: torch.jit.ScriptModule, name: str, example_images: np.ndarray, *,
+                         step: int = 0) -> str | None:
+        """Log a TorchScript :class:`~lofiseg.infer.served.ServedSegmenter` as a pyfunc model that loads and
+        serves without lofiseg; return its URI (``models:/<model id>``), None when untracked.
+
+        The model is :mod:`lofiseg.track.served_model` (models-from-code) with ``segmenter`` as its artifact,
+        the signature images (N, H, W, 3) -> (N, H, W) with N, H, W free, ``example_images`` (uint8) as its
+        input example, and pip requirements mlflow, numpy and torch pinned to the installed versions.
+        """
+        import tempfile
+
+        import torch
+
+        check_name("name", name)
+        images = np.asarray(example_images)
+        with torch.inference_mode():
+            output = segmenter(torch.from_numpy(np.ascontiguousarray(images))).numpy()
+        signature = served_signature(images, output)
+        if not self._logging():
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "segmenter.pt"
+            torch.jit.save(segmenter, str(path))
+            info = import_mlflow().pyfunc.log_model(
+                name=name, python_model=str(SERVED_MODEL_CODE), artifacts={SERVED_ARTIFACT: str(path)},
+                signature=signature, input_example=images, pip_requirements=served_pip_requirements(), step=step)
         return info.model_uri

@@ -8,6 +8,10 @@ Trainer`: a run killed at any point resumes to the same weights) and logs every 
 curves.png, extra JSON files and pictures), their MLflow copies and the logged model. On a clean exit the
 checkpoint is deleted: the model is in the output folder, nothing is left to resume.
 
+The output folder is a DVC output and holds nothing volatile: the same inputs give the same bytes. The MLflow
+run id is not in it (the run is tagged with model.pt's sha256 instead: :func:`lofiseg.track.runs.bundle_run`)
+and timings (``images_per_s``) go to MLflow only.
+
 Under torchrun (``ctx``, see :mod:`lofiseg.train.distributed`) every rank trains on its slice of each global
 batch and rank 0 alone writes checkpoints, outputs and MLflow.
 """
@@ -25,8 +29,10 @@ import numpy as np
 import torch
 
 from lofiseg.atomic import atomic_dir, atomic_write_json
+from lofiseg.data.format import sha256_file
 from lofiseg.models.bundle import load_bundle, save_bundle
 from lofiseg.provenance import standard_tags
+from lofiseg.track.runs import TAG_BUNDLE_SHA256
 from lofiseg.track.tracker import Tracker
 from lofiseg.train.distributed import (
     DistContext,
@@ -44,6 +50,7 @@ from lofiseg.viz.images import save_png
 log = logging.getLogger("lofiseg")
 
 TRAINING_FILES = ("info.json", "history.json", "curves.png")
+TIMINGS = ("images_per_s",)  # history numbers that differ between two runs of the same inputs: MLflow only
 Batches = Callable[[int], Iterable[dict[str, torch.Tensor]]]
 EvaluateFn = Callable[[int, dict[str, float]], dict[str, Any]]
 
@@ -184,22 +191,23 @@ class TrainingRun:
         JSON value) and ``pictures`` (name -> PNG); then in MLflow ``tags``, ``final_val`` as
         ``final_val_<key>`` at the last step, the files, and the model as served: the bundle reloaded (plain
         BatchNorm even when trained with SyncBatchNorm) and wrapped by ``serve``, with ``example`` (uint8
-        images) for its signature."""
+        images) for its signature. history.json leaves out the :data:`TIMINGS`; the run is tagged with
+        model.pt's sha256 (:data:`~lofiseg.track.runs.TAG_BUNDLE_SHA256`)."""
         if not self.is_main:
             return
         files, pictures = dict(files or {}), dict(pictures or {})
         model.cpu()
         with atomic_dir(out) as tmp:
             save_bundle(tmp / "model.pt", model, dict(info))
-            atomic_write_json(tmp / "history.json", list(self.history))
+            atomic_write_json(tmp / "history.json",
+                              [{k: v for k, v in epoch.items() if k not in TIMINGS} for epoch in self.history])
             atomic_write_json(tmp / "info.json", dict(info))
             save_figure(curves_figure(self.history, curves, title), tmp / "curves.png")
             for name, value in files.items():
                 atomic_write_json(tmp / name, value)
             for name, picture in pictures.items():
                 save_png(tmp / name, picture)
-        if tags:
-            self.tracker.set_tags(dict(tags))
+        self.tracker.set_tags({**(tags or {}), TAG_BUNDLE_SHA256: sha256_file(out / "model.pt")})
         if final_val:
             self.tracker.log_metrics({f"final_val_{k}": v for k, v in final_val.items()}, step=self.epochs)
         for name in (*TRAINING_FILES, *files, *pictures):

@@ -16,9 +16,12 @@ from lofiseg.atomic import atomic_file  # noqa: E402
 
 
 def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
+    """Save ``fig`` atomically; a PNG carries no metadata (matplotlib writes its version as ``Software``), so
+    the same figure gives the same bytes on any machine."""
     path = Path(path)
+    metadata = {"Software": None} if path.suffix.lower() == ".png" else None
     with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", metadata=metadata)
     return path
 
 
