@@ -39,7 +39,6 @@ from lofiseg.data.labels import class_names_json, web_truth_labels
 from lofiseg.evaluate.semantic import score_deeplab, score_pseudo_labels, score_single_class
 from lofiseg.viz.figures import markdown_table
 from stages import download, pseudo_gt, pseudo_label, train_deeplab, train_single, web
-from stages.evaluate_semantic import deeplab_scoring
 
 PROJECT = Path(__file__).resolve().parent.parent
 RESULT = PROJECT / "benchmarks" / "results" / "bench_semantic_levers.md"
@@ -276,7 +275,7 @@ def score(chain: Chain, run: dict, upper: float) -> dict:
         pseudo = Dataset(run["pseudo"])
         out["pseudo_labels"] = score_pseudo_labels(data, pseudo, params.semantic_classes())
         out["fractions"] = fraction_stats(params, data, pseudo)
-    by_set, _ = score_deeplab(run["deeplab"], chain.raw, deeplab_scoring(params))
+    by_set, _ = score_deeplab(run["deeplab"], chain.raw, params.deeplab_scoring())
     out["deeplab_pseudo"] = by_set[params.evaluate.semantic_sets[0]]
     out["ratio"] = out["deeplab_pseudo"]["miou"] / upper
     return out
@@ -377,7 +376,7 @@ def main() -> None:
     if args.upper_miou is not None:
         upper = {"miou": args.upper_miou, "source": f"`{upper_path}` as scored earlier (--upper-miou)"}
     else:
-        upper_scores, _ = score_deeplab(upper_path, chain.raw, deeplab_scoring(base_params))
+        upper_scores, _ = score_deeplab(upper_path, chain.raw, base_params.deeplab_scoring())
         upper = {"miou": upper_scores[base_params.evaluate.semantic_sets[0]]["miou"], "source": f"`{upper_path}`"}
     results_file = work / "results.json"
     previous = json.loads(results_file.read_text()) if results_file.is_file() else {}

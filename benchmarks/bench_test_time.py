@@ -32,7 +32,6 @@ from lofiseg.config import parse_params
 from lofiseg.evaluate.semantic import score_deeplab
 from lofiseg.viz.figures import markdown_table
 from stages import train_deeplab
-from stages.evaluate_semantic import deeplab_scoring
 
 PROJECT = Path(__file__).resolve().parent.parent
 RESULT = PROJECT / "benchmarks" / "results" / "bench_test_time.md"
@@ -157,7 +156,7 @@ def main() -> None:
             started = time.perf_counter()
             entry: dict[str, float] = {}
             for supervision, path in bundles.items():
-                by_set, _ = score_deeplab(path, PROJECT / "data" / "raw", deeplab_scoring(params[name]), args.split)
+                by_set, _ = score_deeplab(path, PROJECT / "data" / "raw", params[name].deeplab_scoring(), args.split)
                 entry[supervision] = by_set[params[name].evaluate.semantic_sets[0]]["miou"]
             entry["seconds"] = time.perf_counter() - started
             scores[name][seed] = entry

@@ -32,6 +32,7 @@ from pydantic import (
     model_validator,
 )
 
+from lofiseg.evaluate.semantic import DeepLabScoring
 from lofiseg.infer.dense_crf import CRFParams
 from lofiseg.infer.regions import RegionSettings
 from lofiseg.losses.regularized import (
@@ -767,6 +768,12 @@ class Params(StrictModel):
     def semantic_classes(self) -> list[str]:
         """The multi-class label space: 0 background, then web.classes in params order (ids 1..K)."""
         return ["background", *self.web.classes]
+
+    def deeplab_scoring(self) -> DeepLabScoring:
+        """How ``evaluate_semantic`` scores a DeepLab: section ``evaluate`` and the label spaces."""
+        cfg = self.evaluate
+        return DeepLabScoring(self.semantic_classes(), {name: self.dataset_classes(name) for name in cfg.semantic_sets},
+                              cfg.batch_size, cfg.semantic_scales, cfg.semantic_flip, cfg.grid_samples)
 
     def dataset_classes(self, name: str) -> list[str]:
         """The class name of each mask id of semantic data set ``name``: its ``classes`` entry, else the

@@ -26,7 +26,6 @@ from lofiseg.atomic import atomic_write_json, atomic_write_text
 from lofiseg.config import Params, load_params
 from lofiseg.data.format import Dataset
 from lofiseg.evaluate.semantic import (
-    DeepLabScoring,
     miou_ratio,
     score_deeplab,
     score_pseudo_labels,
@@ -47,18 +46,11 @@ from stages.cli import log, run, stage_parser, tracked_evaluation
 SUPERVISIONS = ("pseudo", "gt", "web_gt")  # web_gt: DeepLab on the web images' ground truth (the ceiling)
 
 
-def deeplab_scoring(params: Params) -> DeepLabScoring:
-    """How ``evaluate_semantic`` scores a DeepLab: params ``evaluate`` and the label spaces."""
-    cfg = params.evaluate
-    return DeepLabScoring(params.semantic_classes(), {name: params.dataset_classes(name) for name in cfg.semantic_sets},
-                          cfg.batch_size, cfg.semantic_scales, cfg.semantic_flip, cfg.grid_samples)
-
-
 def evaluate(params: Params, raw: Path, web_root: Path, pseudo_root: Path, single_models: Path,
              deeplab_models: Path, metrics_path: Path, report: Path) -> tuple[dict, list[Path]]:
     web, pseudo = Dataset(web_root), Dataset(pseudo_root)
     classes = params.semantic_classes()
-    scoring = deeplab_scoring(params)
+    scoring = params.deeplab_scoring()
     metrics: dict = {"classes": classes}
     metrics["pseudo_labels"] = score_pseudo_labels(web, pseudo, classes)
     samples = {}
