@@ -166,7 +166,9 @@ def retrain(repo: str = ".", remote: str | None = None, push: bool | None = None
         if upstream:
             before_web = pipeline(repo, upstream)
             ran, mlflow_runs = ran + before_web["ran"], mlflow_runs + before_web["mlflow_runs"]
-        run_stage(repo, stages["web"], flow_run.get_id() or "local")
+        web = params.orchestration.stage_policy("web")  # web images come over the network: params' retries
+        run_stage.with_options(retries=web.retries, retry_delay_seconds=web.retry_delay_seconds)(
+            repo, stages["web"], flow_run.get_id() or "local", web.timeout_seconds)
         record(repo, "web")
         ran.append("web")
     result = pipeline(repo, targets)
