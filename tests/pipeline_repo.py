@@ -79,12 +79,18 @@ def make_repo(root: Path, params: dict[str, Any] | None = None) -> Path:
     raw = yaml.safe_load((PROJECT / "params.yaml").read_text())
     merged = deep_merge(deep_merge(raw, TINY), params or {})
     (root / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
-    run(root, "git", "init", "-q", "-b", "main")  # registry.promote_from: champion moves from main only
+    return commit_repo(root, "project copy")
+
+
+def commit_repo(root: Path, message: str) -> Path:
+    """Make ``root`` a git + DVC repository on branch ``main`` (registry.promote_from: the champion moves from
+    main only) and commit everything in it."""
+    run(root, "git", "init", "-q", "-b", "main")
     run(root, "git", "config", "user.email", "test@example.invalid")
     run(root, "git", "config", "user.name", "test")
     dvc(root, "init", "-q")
     dvc(root, "config", "core.analytics", "false")
     dvc(root, "config", "core.check_update", "false")
     run(root, "git", "add", "-A")
-    run(root, "git", "commit", "-qm", "project copy")
+    run(root, "git", "commit", "-qm", message)
     return root

@@ -40,7 +40,7 @@ from lofiseg.track.runs import TAG_BUNDLE_SHA256, bundle_run
 from lofiseg.track.store import TrackingUnavailable
 from lofiseg.track.tracker import Tracker
 from stages.cli import run
-from tests.pipeline_repo import PROJECT, dvc
+from tests.pipeline_repo import PROJECT, commit_repo, dvc
 from tests.pipeline_repo import run as pipeline_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -433,12 +433,7 @@ def git_stage_repo(root: Path, name: str, miou: float) -> None:
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"register": {
         "cmd": f"python -m stages.register --model {name} --out reports/registry/{name}.json",
         "deps": ["metrics/semantic.json"], "outs": [{f"reports/registry/{name}.json": {"cache": False}}]}}}))
-    for args in (("init", "-q", "-b", "main"), ("config", "user.email", "t@example.invalid"),
-                 ("config", "user.name", "t")):
-        pipeline_run(root, "git", *args)
-    dvc(root, "init", "-q")
-    pipeline_run(root, "git", "add", "-A")
-    pipeline_run(root, "git", "commit", "-qm", "stage repo")
+    commit_repo(root, "stage repo")
 
 
 def test_an_experiment_or_another_branch_never_moves_the_champion(store: str, tmp_path: Path,

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from flows.results_branch import branch_name, commit_tree, git, git_tracked_outputs, push_branch, results_tree
-from tests.pipeline_repo import dvc, run
+from tests.pipeline_repo import commit_repo, run
 
 
 def small_repo(root: Path) -> Path:
@@ -18,12 +18,7 @@ def small_repo(root: Path) -> Path:
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"make": {
         "cmd": "echo x", "outs": ["models/m", {"reports/r.md": {"cache": False}}],
         "metrics": [{"metrics/m.json": {"cache": False}}]}}}))
-    for args in (("init", "-q", "-b", "main"), ("config", "user.email", "t@example.invalid"),
-                 ("config", "user.name", "t")):
-        run(root, "git", *args)
-    dvc(root, "init", "-q")
-    run(root, "git", "add", "-A")
-    run(root, "git", "commit", "-qm", "start")
+    commit_repo(root, "start")
     return root
 
 
