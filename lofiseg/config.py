@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+if typing.TYPE_CHECKING:
+    from lofiseg.evaluate.semantic import DeepLabScoring
+
 import yaml
 from pydantic import (
     AfterValidator,
@@ -32,7 +35,6 @@ from pydantic import (
     model_validator,
 )
 
-from lofiseg.evaluate.semantic import DeepLabScoring
 from lofiseg.infer.dense_crf import CRFParams
 from lofiseg.infer.regions import RegionSettings
 from lofiseg.losses.regularized import (
@@ -771,6 +773,8 @@ class Params(StrictModel):
 
     def deeplab_scoring(self) -> DeepLabScoring:
         """How ``evaluate_semantic`` scores a DeepLab: section ``evaluate`` and the label spaces."""
+        from lofiseg.evaluate.semantic import DeepLabScoring  # 3 s of imports (metrics, torchvision) no other
+                                                              # stage that reads params needs
         cfg = self.evaluate
         return DeepLabScoring(self.semantic_classes(), {name: self.dataset_classes(name) for name in cfg.semantic_sets},
                               cfg.batch_size, cfg.semantic_scales, cfg.semantic_flip, cfg.grid_samples)
