@@ -29,13 +29,14 @@ import torch
 from lofiseg.config import Params, ParamsError, TrainDeeplabParams, load_params
 from lofiseg.data.augment import augment_settings, augmentations
 from lofiseg.data.supervision import SUPERVISIONS, NoWebTruth, Supervision, load_supervision, tensor_digest
+from lofiseg.metrics.semantic import iou_report, semantic_scores
 from lofiseg.models.factory import build_model
 from lofiseg.train.distributed import DistContext, check_batch_size, distributed_session
 from lofiseg.train.loop import epoch_batches, poly_lr, resolve_device, seed_everything
 from lofiseg.train.optim import build_optimizer
 from lofiseg.train.run import RunIdentity, TrainingRun, write_json_outputs
 from lofiseg.train.steps import build_step
-from lofiseg.train.validation import argmax_labels, iou_report, semantic_eval, semantic_scores, val_metrics
+from lofiseg.train.validation import argmax_labels, semantic_eval, val_metrics
 from lofiseg.viz.images import colorize_labels, qualitative_grid
 from stages.cli import log, run, stage_parser
 

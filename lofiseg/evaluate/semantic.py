@@ -19,7 +19,7 @@ from lofiseg.data.format import IGNORE, Dataset, Record
 from lofiseg.data.labels import class_records, remap_labels, web_class, web_truth_labels
 from lofiseg.infer.predict import predict_native
 from lofiseg.metrics.saliency import SaliencyMeter
-from lofiseg.metrics.semantic import ConfusionMeter
+from lofiseg.metrics.semantic import ConfusionMeter, iou_report
 from lofiseg.models.bundle import load_bundle
 
 SINGLE_CLASS_SUPERVISIONS = ("reg", "gt")  # models/single/<class>/<supervision>/model.pt
@@ -30,13 +30,6 @@ def miou_ratio(part: dict | None, whole: dict | None) -> float | None:
     if not part or not whole or whole["miou"] <= 0:
         return None
     return part["miou"] / whole["miou"]
-
-
-def confusion_scores(meter: ConfusionMeter, classes: Sequence[str]) -> dict:
-    """{miou, pixel_acc, iou: {class: IoU | None (class absent from truth and prediction)}} of ``meter``."""
-    scores = meter.compute()
-    return {"miou": scores["miou"], "pixel_acc": scores["pixel_acc"],
-            "iou": {name: (None if np.isnan(v) else v) for name, v in zip(classes, scores["iou"], strict=True)}}
 
 
 def score_single_class(web: Dataset, web_classes: Sequence[str], models: Path, batch_size: int) -> dict:
@@ -82,7 +75,7 @@ def score_pseudo_labels(web: Dataset, pseudo: Dataset, classes: Sequence[str]) -
         meter.update(np.where(known, label, 0), np.where(known, target, IGNORE))
     if total == 0:
         return None
-    return {**confusion_scores(meter, classes), "labelled_fraction": labelled / total}
+    return {**iou_report(meter.compute(), classes), "labelled_fraction": labelled / total}
 
 
 @dataclass(frozen=True)
@@ -119,5 +112,5 @@ def score_deeplab(bundle: Path, raw: Path, scoring: DeepLabScoring,
             meter.update(pred, scoring.truth(name, dataset.mask(record)))
             if len(samples[name]) < scoring.grid_samples:
                 samples[name].append((record, pred))
-        scores[name] = confusion_scores(meter, scoring.classes)
+        scores[name] = iou_report(meter.compute(), scoring.classes)
     return scores, samples

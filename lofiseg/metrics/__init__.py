@@ -43,7 +43,7 @@ _EXPORTS = {
         "s_measure",
         "saliency_scores",
     ),
-    "semantic": ("ConfusionMeter", "confusion_matrix", "iou_from_confusion", "semantic_scores"),
+    "semantic": ("ConfusionMeter", "confusion_matrix", "iou_from_confusion", "iou_report", "semantic_scores"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

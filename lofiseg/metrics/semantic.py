@@ -14,11 +14,12 @@ prediction and the target has a 0/0 IoU: it is reported as NaN in ``iou`` and le
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["ConfusionMeter", "confusion_matrix", "iou_from_confusion", "semantic_scores"]
+__all__ = ["ConfusionMeter", "confusion_matrix", "iou_from_confusion", "iou_report", "semantic_scores"]
 
 LabelArray = np.ndarray | torch.Tensor
 
@@ -125,6 +126,13 @@ def semantic_scores(
 ) -> dict[str, float | list[float]]:
     """``{"miou", "iou", "pixel_acc"}`` of one map or batch (see ``ConfusionMeter`` for the conventions)."""
     return _scores_from_confusion(confusion_matrix(pred, target, num_classes, ignore_index=ignore_index))
+
+
+def iou_report(scores: dict[str, float | list[float]], classes: Sequence[str]) -> dict[str, object]:
+    """``scores`` as reports record them: miou, pixel_acc and ``iou`` by class name (None where the class is
+    absent from both truth and prediction)."""
+    return {"miou": scores["miou"], "pixel_acc": scores["pixel_acc"],
+            "iou": {c: None if math.isnan(v) else v for c, v in zip(classes, scores["iou"], strict=True)}}
 
 
 class ConfusionMeter:

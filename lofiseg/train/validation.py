@@ -24,16 +24,9 @@ def argmax_labels(model: torch.nn.Module, split: TensorSplit, batch_size: int, d
     return torch.cat(out)
 
 
-def semantic_scores(pred: torch.Tensor, masks: torch.Tensor, num_classes: int) -> dict[str, float | list[float]]:
-    """mIoU / per-class IoU / pixel accuracy of labels ``pred`` against ``masks`` (255 ignored)."""
-    meter = ConfusionMeter(num_classes, ignore_index=IGNORE)
-    meter.update(pred, masks)
-    return meter.compute()
-
-
 def semantic_eval(model: torch.nn.Module, split: TensorSplit, num_classes: int, batch_size: int,
                   device: torch.device, ctx: DistContext) -> dict[str, float | list[float]]:
-    """:func:`semantic_scores` of ``model`` over ``split``; each rank scores a shard, the counts are summed."""
+    """:func:`~lofiseg.metrics.semantic.semantic_scores` of ``model`` over ``split``; each rank scores a shard, the counts are summed."""
     meter = ConfusionMeter(num_classes, ignore_index=IGNORE)
     shard = list(range(ctx.rank, len(split), ctx.world_size))
     if shard:
@@ -49,8 +42,3 @@ def val_metrics(scores: dict[str, float | list[float]], classes: Sequence[str]) 
     out |= {f"iou_{name}": float(v) for name, v in zip(classes, scores["iou"], strict=True) if not math.isnan(v)}
     return out
 
-
-def iou_report(scores: dict[str, float | list[float]], classes: Sequence[str]) -> dict[str, object]:
-    """The scores as info.json records them: miou, pixel_acc and iou per class name (None where undefined)."""
-    return {"miou": scores["miou"], "pixel_acc": scores["pixel_acc"],
-            "iou": {c: None if math.isnan(v) else v for c, v in zip(classes, scores["iou"], strict=True)}}
