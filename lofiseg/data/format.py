@@ -348,9 +348,7 @@ class Dataset:
             if check_sha256 and record.sha256:
                 if not image_path.is_file():
                     raise DatasetFormatError(f"{image_path}: image file is missing")
-                digest = sha256_bytes(image_path.read_bytes())
-                if digest != record.sha256:
-                    raise DatasetFormatError(f"{image_path}: sha256 {digest[:12]}... does not match the manifest")
+                check_sha256_of(image_path, record.sha256)
             image = read_image(image_path)
             if not record.has_mask:
                 if require_masks:
@@ -360,9 +358,14 @@ class Dataset:
             mask = read_mask(mask_path)
             check_mask(mask, str(mask_path), image.shape[:2], max_label, allow_empty)
             if check_sha256 and record.mask_sha256:
-                digest = sha256_bytes(mask_path.read_bytes())
-                if digest != record.mask_sha256:
-                    raise DatasetFormatError(f"{mask_path}: sha256 {digest[:12]}... does not match the manifest")
+                check_sha256_of(mask_path, record.mask_sha256)
+
+
+def check_sha256_of(path: Path, expected: str) -> None:
+    """The file at ``path`` has the sha256 its manifest records, else DatasetFormatError naming it."""
+    digest = sha256_file(path)
+    if digest != expected:
+        raise DatasetFormatError(f"{path}: sha256 {digest[:12]}... does not match the manifest")
 
 
 def dataset_digest(root: str | os.PathLike) -> str:
