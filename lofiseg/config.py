@@ -168,13 +168,16 @@ class DatasetSpec(StrictModel):
     enabled: bool = True
     generator: Literal["saliency", "web", "scenes", "regions"] | None = None  # source: synthetic
     files: list[FileSpec] = Field(default_factory=list)  # archives or folders, unpacked into one tree
-    layout: Literal["lofiseg", "sod", "voc", "pet", "bsds"] = "lofiseg"
+    layout: Literal["lofiseg", "sod", "semantic", "voc", "pet", "bsds"] = "lofiseg"
     images: str | None = None  # glob, relative to the unpacked tree, of the images
     masks: str | None = None  # pattern of the mask of an image: "{stem}" is the image's file stem
     split: Split | None = None  # every sample goes to this split ...
     split_files: dict[Split, str] = Field(default_factory=dict)  # ... or id lists per split
     val_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # carved from train, deterministically
     classes: list[str] | None = None  # semantic sets: the name of each mask id 0, 1, ... (VOC: built in)
+    void_value: Annotated[int, Field(ge=0, le=254)] | None = None  # layout semantic: this id -> 255 (MSRC: 0)
+    tags_file: str | None = None  # CSV in the tree: an `id` column and tags_column (";"-separated tags)
+    tags_column: Annotated[str, Field(min_length=1)] = "tags"  # e.g. MSRC groups.csv: object
     description: str = ""
 
     @model_validator(mode="after")
@@ -195,6 +198,15 @@ class DatasetSpec(StrictModel):
                     raise ValueError(f"source 'local': uri {spec.uri!r} must be a path, not a URL")
         if self.layout in ("voc", "pet", "bsds") and (self.images or self.masks):
             raise ValueError(f"layout {self.layout!r} finds its own files: remove 'images' and 'masks'")
+        if self.layout == "semantic" and not self.classes:
+            raise ValueError("layout 'semantic' needs 'classes': the name of each mask id 0, 1, ...")
+        if self.void_value is not None and (self.layout != "semantic" or self.void_value >= len(self.classes or [])):
+            raise ValueError(f"void_value {self.void_value} needs layout 'semantic' and must be a mask id "
+                             f"0..{len(self.classes or []) - 1} of 'classes'")
+        if "tags_column" in self.model_fields_set and self.tags_file is None:
+            raise ValueError("tags_column needs tags_file (the CSV holding that column)")
+        if self.source == "synthetic" and self.tags_file is not None:
+            raise ValueError("source 'synthetic' takes no 'tags_file' (its generator tags its images)")
         return self
 
 

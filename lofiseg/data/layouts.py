@@ -7,6 +7,9 @@ Layouts (``LayoutSpec.layout``, a ``download.datasets`` entry), all paths relati
 ``sod``      saliency sets: ``images`` glob + ``masks`` pattern with ``{stem}`` (wildcards allowed, exactly one
              match: ``gt/{stem}.*``); 0/255 masks of any image mode, threshold 128 (e.g. ECSSD
              ``images/*.jpg`` + ``ground_truth_mask/{stem}.png``).
+``semantic`` semantic sets with their own class table (``classes``): ``images`` glob + ``masks`` pattern as
+             ``sod``; masks hold class indices 0..K-1 (mode L or P), ``void_value`` (MSRC: 0) becomes 255
+             (ignore). The names go to ``classes.json`` (also for ``voc``), where evaluation finds them.
 ``voc``      Pascal VOC: ``JPEGImages/<id>.jpg`` + ``SegmentationClass/<id>.png`` (palette indices 0..20,
              255 void) listed in ``ImageSets/Segmentation/{train,val}.txt`` (else every mask present).
 ``pet``      Oxford-IIIT Pet: ``images/<id>.jpg`` + ``annotations/trimaps/<id>.png`` (1 pet, 2 background,
@@ -20,6 +23,8 @@ The voc, pet and bsds layouts find their root folder themselves (up to 4 levels 
 first token, ``#`` comments) keep only the listed ids; else the layout's own split, or ``train``. Then
 ``val_fraction`` of train moves to val: the train ids ordered by the sha256 of the id, the first
 ``floor(val_fraction * n + 0.5)`` of them, so the choice is deterministic whatever the file order.
+Image-level tags of any layout: ``tags_file``, a CSV in the tree with an ``id`` column and the column
+``tags_column`` (``;``-separated tags, blank = none; e.g. MSRC's ``groups.csv`` column ``object``).
 
 :func:`build_dataset` is what the ``download`` stage calls: fetch (:mod:`lofiseg.data.sources`), unpack
 (:mod:`lofiseg.data.archives`), walk the layout, write with :class:`DatasetWriter`, atomically.
@@ -27,6 +32,9 @@ first token, ``#`` comments) keep only the listed ids; else the layout's own spl
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import functools
 import glob
 import hashlib
 import io
@@ -55,7 +63,15 @@ from lofiseg.data.format import (
     read_mask,
 )
 from lofiseg.data.holdout import hold_out
-from lofiseg.data.masks import binary_from_0_255, from_bsds, from_trimap, from_voc_palette
+from lofiseg.data.labels import CLASSES_FILE, class_names_json
+from lofiseg.data.masks import (
+    VOC_CLASSES,
+    binary_from_0_255,
+    from_bsds,
+    from_class_indices,
+    from_trimap,
+    from_voc_palette,
+)
 from lofiseg.data.sources import fetch, file_name, local_path
 
 log = logging.getLogger(__name__)
@@ -104,6 +120,10 @@ class LayoutSpec(Protocol):
     split: str | None  # every sample goes to this split ...
     split_files: Mapping[str, str]  # ... or id lists per split
     val_fraction: float  # of train, carved deterministically
+    classes: Sequence[str] | None  # semantic sets: the name of each mask id
+    void_value: int | None  # layout semantic: this mask value becomes 255 (ignore)
+    tags_file: str | None  # CSV of image-level tags: an ``id`` column and ...
+    tags_column: str  # ... this one
 
 
 MaskLoader = Callable[[Path], list[np.ndarray]]  # mask file -> [mask, alternative masks...]
@@ -158,6 +178,16 @@ def load_voc_mask(path: Path) -> list[np.ndarray]:
     with _open_mask(path) as im:
         arr = np.asarray(im) if im.mode in ("P", "L") else np.asarray(im.convert("RGB"))
     return [from_voc_palette(arr)]
+
+
+def load_class_indices(path: Path, num_classes: int, void_value: int | None) -> list[np.ndarray]:
+    """A class-index mask (mode L or P: the indices, not the palette colours) -> labels, void -> 255."""
+    with _open_mask(path) as im:
+        if im.mode not in ("P", "L"):
+            raise LayoutError(f"{path}: a class-index mask must be a single-channel PNG (mode L or P), "
+                              f"got {im.mode}")
+        arr = np.asarray(im)
+    return [from_class_indices(arr, num_classes, void_value)]
 
 
 def load_trimap(path: Path) -> list[np.ndarray]:
@@ -234,9 +264,9 @@ def _spec_lists(tree: Path, spec: LayoutSpec) -> dict[str, Path]:
 
 # --- one function per layout ------------------------------------------------------------------------------
 
-def _sod_entries(tree: Path, spec: LayoutSpec) -> _Plan:
+def _sod_entries(tree: Path, spec: LayoutSpec, layout: str = "sod", load: MaskLoader = load_sod_mask) -> _Plan:
     if not spec.images or not spec.masks:
-        raise LayoutError("layout 'sod' needs 'images' (a glob, e.g. 'images/*.jpg') and 'masks' (a pattern "
+        raise LayoutError(f"layout {layout!r} needs 'images' (a glob, e.g. 'images/*.jpg') and 'masks' (a pattern "
                           f"with {{stem}}, e.g. 'masks/{{stem}}.png'); got images={spec.images!r}, "
                           f"masks={spec.masks!r}")
     if "{stem}" not in spec.masks:
@@ -244,10 +274,17 @@ def _sod_entries(tree: Path, spec: LayoutSpec) -> _Plan:
     pattern = _relative_pattern(spec.images, "images glob")
     masks = _relative_pattern(spec.masks, "masks pattern")
     images = sorted(p for p in tree.glob(pattern) if p.is_file() and _visible(p))
-    entries = [_Entry(p.stem, p, _mask_for(tree, masks, p), load_sod_mask) for p in images]
+    entries = [_Entry(p.stem, p, _mask_for(tree, masks, p), load) for p in images]
     if not entries:
         raise LayoutError(f"{tree}: no file matches the images glob {spec.images!r}")
     return _Plan([(e, "") for e in entries])
+
+
+def _semantic_entries(tree: Path, spec: LayoutSpec) -> _Plan:
+    if not spec.classes:
+        raise LayoutError("layout 'semantic' needs 'classes': the name of each mask id 0, 1, ...")
+    return _sod_entries(tree, spec, "semantic", functools.partial(load_class_indices, num_classes=len(spec.classes),
+                                                                   void_value=spec.void_value))
 
 
 def _mask_for(tree: Path, masks: str, image: Path) -> Path:
@@ -325,7 +362,7 @@ def _lofiseg_entries(tree: Path, spec: LayoutSpec) -> _Plan:
 
 
 _LAYOUTS: dict[str, Callable[[Path, LayoutSpec], _Plan]] = {
-    "sod": _sod_entries, "voc": _voc_entries, "pet": _pet_entries, "bsds": _bsds_entries,
+    "sod": _sod_entries, "semantic": _semantic_entries, "voc": _voc_entries, "pet": _pet_entries, "bsds": _bsds_entries,
     "lofiseg": _lofiseg_entries,
 }
 
@@ -363,6 +400,26 @@ def _assign_splits(tree: Path, spec: LayoutSpec, plan: _Plan) -> None:
     plan.entries = [(e, chosen[e.id]) for e in entries if e.id in chosen]
 
 
+def read_tags_file(path: Path, column: str) -> dict[str, tuple[str, ...]]:
+    """id -> tags from a CSV with an ``id`` column and ``column`` (``;``-separated tags, blank = none)."""
+    if not path.is_file():
+        raise LayoutError(f"{path}: tags_file is missing")
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        fields = reader.fieldnames or []
+        if "id" not in fields or column not in fields:
+            raise LayoutError(f"{path}: tags_file needs the columns 'id' and {column!r} (tags_column); "
+                              f"its columns are {fields}")
+        return {row["id"]: tuple(t.strip() for t in (row[column] or "").split(";") if t.strip()) for row in reader}
+
+
+def _attach_tags(tree: Path, spec: LayoutSpec, plan: _Plan) -> None:
+    if spec.tags_file is None:
+        return
+    tags = read_tags_file(tree / _relative_pattern(spec.tags_file, "tags_file"), spec.tags_column)
+    plan.entries = [(dataclasses.replace(e, tags=tags.get(e.id, e.tags)), split) for e, split in plan.entries]
+
+
 def _check_unique(plan: _Plan) -> None:
     seen: dict[str, Path] = {}
     for entry, _ in plan.entries:
@@ -379,6 +436,7 @@ def _plan(tree: Path, spec: LayoutSpec) -> _Plan:
         raise LayoutError(f"{tree}: unpacked tree is not a folder")
     plan = _LAYOUTS[spec.layout](tree, spec)
     _check_unique(plan)
+    _attach_tags(tree, spec, plan)
     _assign_splits(tree, spec, plan)
     if not plan.entries:
         raise LayoutError(f"{tree}: layout {spec.layout!r} found no sample")
@@ -540,5 +598,8 @@ def build_dataset(name: str, spec: LayoutSpec, out_dir: str | os.PathLike, cache
                                extra=extra, image_shape=size)
         for rel, path in plan.side_files:
             writer.add_file(rel, path.read_bytes())
+        classes = spec.classes or (VOC_CLASSES if spec.layout == "voc" else None)
+        if classes and CLASSES_FILE not in {rel for rel, _ in plan.side_files}:
+            writer.add_file(CLASSES_FILE, class_names_json(classes))
     log.info("%s: wrote %d samples to %s", name, len(plan.entries), out_dir)
     return out_dir

@@ -126,6 +126,26 @@ def from_trimap(arr: np.ndarray) -> np.ndarray:
     return mapped.astype(np.uint8)
 
 
+def from_class_indices(arr: np.ndarray, num_classes: int, void_value: int | None = None) -> np.ndarray:
+    """Class-index masks (ids ``0..num_classes - 1``, 255 ignore) -> labels; ``void_value`` (MSRC: 0) -> 255.
+
+    One table lookup; any other value is an error naming it (a palette or 0/255 mask given as indices).
+    """
+    _require_uint8_2d(arr, "arr")
+    if not 1 <= num_classes <= IGNORE:
+        raise ValueError(f"num_classes must be in 1..{IGNORE}, got {num_classes}")
+    lut = np.full(256, -1, dtype=np.int16)
+    lut[:num_classes] = np.arange(num_classes)
+    lut[IGNORE] = IGNORE
+    if void_value is not None:
+        lut[void_value] = IGNORE
+    mapped = lut[arr.astype(np.uint8)]
+    if (mapped < 0).any():
+        allowed = f"0..{num_classes - 1} (the classes), {IGNORE} (ignore)"
+        raise _unexpected(np.unique(arr[mapped < 0]), allowed, "class-index")
+    return mapped.astype(np.uint8)
+
+
 def relabel_regions(segmentation: np.ndarray) -> np.ndarray:
     """Region ids (any integer dtype, 0 = unlabelled) -> compact uint8 labels 1..K in increasing id order.
 
