@@ -1,7 +1,8 @@
 """DVC stage `web`: the per-class web image sets (Veksler Sec. 4.3) as one data set tagged by class.
 
 Each class of ``web.classes`` comes from its source (the synthetic web set in ``--raw/web``, a local folder, an
-S3 prefix or a URL manifest); downloads are cached in ``--cache`` so a re-run fetches only what is missing.
+S3 prefix, a URL manifest, or a downloaded data set ``--raw/<name>``'s images with a tag); downloads are cached
+in ``--cache`` so a re-run fetches only what is missing.
 ``--report`` gets ``report.json`` (accepted per class, every rejection with its reason), ``rejections.md`` and
 ``contact_sheet.png`` (a row of images per class).
 """
@@ -71,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                  f"web set, which is missing; run the download stage first")
 
     report = collect_web_images(params.web, args.out, args.cache, synthetic=synthetic,
-                                s3_endpoint_url=params.download.s3_endpoint_url)
+                                s3_endpoint_url=params.download.s3_endpoint_url, datasets=args.raw)
     dataset = Dataset(args.out)
     splits = split_counts(dataset, classes)
     atomic_write_json(args.report / "report.json", {**report.as_dict(), "splits": splits})

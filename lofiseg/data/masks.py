@@ -146,6 +146,11 @@ def from_class_indices(arr: np.ndarray, num_classes: int, void_value: int | None
     return mapped.astype(np.uint8)
 
 
+def one_class_mask(labels: np.ndarray, class_id: int) -> np.ndarray:
+    """A semantic label map reduced to one class: ``class_id`` -> 1, 255 (ignore) kept, every other class 0."""
+    return np.where(labels == IGNORE, IGNORE, labels == class_id).astype(np.uint8)
+
+
 def relabel_regions(segmentation: np.ndarray) -> np.ndarray:
     """Region ids (any integer dtype, 0 = unlabelled) -> compact uint8 labels 1..K in increasing id order.
 

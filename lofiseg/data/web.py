@@ -1,7 +1,9 @@
 """Per-class web image sets: collect image-level-tagged training images from several kinds of source.
 
 Each class of the ``web`` params (:class:`WebOptions`) names one source: the synthetic per-class web set (the default data), a
-local folder, an S3 prefix, or a manifest of image URLs (e.g. an exported web image search). The images that
+local folder, an S3 prefix, a manifest of image URLs (e.g. an exported web image search), or the images of a
+downloaded semantic data set carrying a tag (e.g. MSRC's photos taken for one object), with their masks
+reduced to that class: ground truth to measure with, which the regularized training never opens. The images that
 pass every check form ONE lofiseg data set, each tagged with its class name: the training data of the
 regularized-loss weak supervision from image-level tags (web images per class, Veksler's Sec. 4.3).
 
@@ -40,6 +42,8 @@ from tqdm import tqdm
 from lofiseg.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from lofiseg.data.format import Dataset, DatasetWriter, decode_image, encode_png, read_mask, sha256_bytes
 from lofiseg.data.holdout import hold_out
+from lofiseg.data.labels import CLASSES_FILE, read_class_names
+from lofiseg.data.masks import one_class_mask
 from lofiseg.data.sources import SourceError
 from lofiseg.data.transfer import (
     USER_AGENT,
@@ -76,6 +80,9 @@ class WebSource(Protocol):
 
     kind: str
     path: str | None
+    name: str | None  # kind dataset: the data set (a folder under ``datasets``) ...
+    tag: str | None  # ... its images tagged so ...
+    label: str | None  # ... whose pixels of this class (of its classes.json; None: the web class) are the object
 
 
 class WebOptions(Protocol):
@@ -304,8 +311,9 @@ class _Item:
     ext: str
     split: str = "train"
     tags: tuple[str, ...] = ()
-    mask: Path | None = None  # synthetic images only
-    verbatim: bool = False  # synthetic images: copied byte for byte whatever their format
+    mask: Path | None = None  # synthetic and data set images only
+    verbatim: bool = False  # synthetic and data set images: copied byte for byte whatever their format
+    object_id: int | None = None  # data set images: the mask is reduced to this class (one_class_mask)
 
     def describe(self, path: Path | None) -> str:
         """How errors name this item's file ``path`` (image or mask): the file, class, source and id."""
@@ -343,8 +351,8 @@ class _Sessions:
 
 class _Collector:
     def __init__(self, params: WebOptions, cache: Path, synthetic: Path | None, s3_endpoint_url: str | None,
-                 progress: bool, pool: ThreadPoolExecutor):
-        self.params, self.cache, self.synthetic_root = params, cache, synthetic
+                 progress: bool, pool: ThreadPoolExecutor, datasets: Path | None = None):
+        self.params, self.cache, self.synthetic_root, self.datasets = params, cache, synthetic, datasets
         self.s3_endpoint_url, self.progress, self.pool = s3_endpoint_url, progress, pool
         self.sessions = _Sessions()
         self.report = WebReport()
@@ -462,6 +470,8 @@ class _Collector:
     def collect_class(self, name: str, source: WebSource) -> list[_Item]:
         if source.kind == "synthetic":
             return self._synthetic_items(name)
+        if source.kind == "dataset":
+            return self._dataset_items(name, source)
         candidates = self._candidates(name, source)
         index = _Index(self.cache / name) if source.kind != "local" else None
         cap = self.params.max_images_per_class
@@ -515,6 +525,45 @@ class _Collector:
         return items
 
 
+    def _dataset_items(self, name: str, source: WebSource) -> list[_Item]:
+        """The images of data set ``source.name`` tagged ``source.tag``, every split (train and val to train on,
+        test to score), each mask reduced to class ``source.label`` (default ``name``); train (and val) capped
+        at ``max_images_per_class``, first by id. An image another class took already is a duplicate."""
+        if self.datasets is None:
+            raise ValueError(f"class {name!r} has kind 'dataset', so datasets must be the folder of the downloaded "
+                             "data sets, got datasets=None")
+        dataset = Dataset(self.datasets / str(source.name))
+        label = source.label or name
+        classes = read_class_names(dataset.root)
+        if classes is None or label not in classes:
+            raise ValueError(f"web class {name!r}: data set {source.name!r} at {dataset.root} has no class "
+                             f"{label!r} (its {CLASSES_FILE}: {classes}); give it 'classes' in download.datasets "
+                             f"or set web.classes.{name}.label")
+        records = [r for r in dataset if source.tag in r.tags]
+        if not records:
+            raise ValueError(f"web class {name!r}: no image tagged {source.tag!r} in {dataset.root}; its tags are "
+                             f"{sorted({t for r in dataset for t in r.tags})}")
+        missing = [r.id for r in records if not r.has_mask]
+        if missing:
+            raise ValueError(f"web class {name!r}: {len(missing)} image(s) tagged {source.tag!r} in {dataset.root} "
+                             f"have no mask (e.g. {missing[0]!r}); kind 'dataset' needs a semantic data set")
+        cap = self.params.max_images_per_class
+        trainable = sorted((r for r in records if r.split != "test"), key=lambda r: r.id)[:cap]
+        chosen = {r.id for r in trainable} | {r.id for r in records if r.split == "test"}
+        items = []
+        for record in (r for r in records if r.id in chosen):
+            path = dataset.root / record.image
+            digest = record.sha256 or sha256_bytes(path.read_bytes())
+            if digest in self.seen:
+                self.report.rejected.append(Rejection(name, str(path), f"duplicate of {self.seen[digest]}"))
+                continue
+            self.seen[digest] = f"{name}/{source.name}/{record.id}"
+            items.append(_Item(record.id, name, f"{source.name}/{record.id}", path, digest, path.suffix.lstrip("."),
+                               record.split, (name,), dataset.root / record.mask, verbatim=True,
+                               object_id=classes.index(label)))
+        return items
+
+
 def carve_val_by_hash(items: Iterable[_Item], val_fraction: float) -> set[str]:
     """Ids of the train items moving to val: the first ``floor(val_fraction * n + 0.5)`` in (sha256, id) order."""
     train = (i for i in items if i.split == "train")
@@ -531,6 +580,8 @@ def _write_dataset(out: Path, items: list[_Item], val_ids: set[str]) -> None:
             if not item.verbatim and ext not in _KEPT_EXT:
                 data, ext = encode_png(decode_image(data, item.describe(item.path))), "png"
             mask = read_mask(item.mask, item.describe(item.mask)) if item.mask is not None else None
+            if mask is not None and item.object_id is not None:
+                mask = one_class_mask(mask, item.object_id)
             split = "val" if item.id in val_ids else item.split
             writer.add_encoded(item.id, data, ext, mask, split=split, tags=item.tags, source=item.source,
                                image_origin=item.describe(item.path), mask_origin=item.describe(item.mask))
@@ -538,14 +589,14 @@ def _write_dataset(out: Path, items: list[_Item], val_ids: set[str]) -> None:
 
 def collect_web_images(params: WebOptions, out: str | os.PathLike, cache: str | os.PathLike,
                        synthetic: str | os.PathLike | None = None, s3_endpoint_url: str | None = None,
-                       progress: bool = True) -> WebReport:
+                       progress: bool = True, datasets: str | os.PathLike | None = None) -> WebReport:
     """Build the per-class web data set at ``out`` (atomically) and return the report of what was kept.
 
     Downloaded, local and S3 images: split ``train`` (``val_fraction`` of each class to ``val`` by content
     hash), tag = class name, no mask, ``source`` = URL / path / S3 URI; id ``<class>-<sha256[:16]>``. JPEG and
     PNG bytes are kept as they are, other formats re-encoded as PNG. Synthetic classes: the images tagged with
     the class in the data set at ``synthetic``, every split, copied byte for byte with their masks, ids and
-    tags. ``s3_endpoint_url`` overrides ``AWS_ENDPOINT_URL_S3``. See the module docstring for the checks.
+    tags. Data set classes: the same from ``datasets/<name>``, tagged with the class, masks reduced to it. ``s3_endpoint_url`` overrides ``AWS_ENDPOINT_URL_S3``. See the module docstring for the checks.
     """
     if isinstance(params, Mapping):
         raise TypeError(f"params must be the validated web params (lofiseg.config.WebParams), "
@@ -553,7 +604,8 @@ def collect_web_images(params: WebOptions, out: str | os.PathLike, cache: str | 
     out, cache = Path(out), Path(cache)
     synthetic_root = Path(synthetic) if synthetic is not None else None
     with ThreadPoolExecutor(max_workers=params.workers, thread_name_prefix="web") as pool:
-        collector = _Collector(params, cache, synthetic_root, s3_endpoint_url, progress, pool)
+        collector = _Collector(params, cache, synthetic_root, s3_endpoint_url, progress, pool,
+                               Path(datasets) if datasets is not None else None)
         try:
             per_class = {name: collector.collect_class(name, source) for name, source in params.classes.items()}
         finally:
