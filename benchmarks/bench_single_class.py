@@ -131,7 +131,7 @@ def main() -> None:
         f"{cfg['model']['arch']} + {cfg['model']['encoder']} ({cfg['model']['encoder_weights']}, frozen="
         f"{cfg['model']['freeze_encoder']}), {cfg['image_size']} px, batch {cfg['batch_size']}, Adam "
         f"{cfg['lr']}; schedule {json.dumps(cfg['schedule'])}; negatives {cfg['negatives']}; "
-        f"finetune {json.dumps(cfg['finetune'])}; gt_epochs {cfg['gt_epochs']}.",
+        f"finetune {json.dumps(cfg['finetune'])}; gt_epochs {cfg['gt_epochs'] or 'null (the regularized budget)'}.",
         f"Data: the default synthetic web set, {len(class_records(data, args.classes[0]))} train / "
         f"{len(class_records(data, args.classes[0], 'test'))} test images per class. Each transfer run starts "
         f"from `train_single_init` with `init_from: <source>` (annealing + normal stage, no negatives, on the "

@@ -423,11 +423,20 @@ class TrainSingleParams(StrictModel):
     init_from: str | None = None
     negatives: bool = True  # the other classes' images are this class's negatives (Eq. 7)
     finetune: FinetuneParams = FinetuneParams()
-    gt_epochs: PositiveInt = 10  # the -gt baseline: CE on ground truth, where the web set has it
+    gt_epochs: PositiveInt | None = None  # the -gt baseline (CE on ground truth); null: gt_epoch_count()
     flip: bool = True
     model: ModelParams = Field(default_factory=_single_class_model)
     device: Device = "auto"
     amp: bool = True
+
+    def gt_epoch_count(self) -> int:
+        """Epochs of the -gt baseline: ``gt_epochs``, else the regularized model's budget (its schedule's
+        annealing unless ``init_from``, normal and negative epochs, plus ``finetune.epochs``): Table 2 compares
+        the two supervisions at equal training, as the paper does."""
+        if self.gt_epochs is not None:
+            return self.gt_epochs
+        schedule = self.schedule.loss_schedule(anneal=self.init_from is None, negatives=self.negatives)
+        return schedule.total_epochs + self.finetune.epochs
 
 
 class CRFKernels(StrictModel):
@@ -481,6 +490,7 @@ class TrainDeeplabParams(StrictModel):
     The paper's setting is the "paper setting" comment above ``train_deeplab`` in params.yaml.
     """
 
+    enabled: bool = True  # false: single-class models only (no DeepLab; evaluate_semantic scores the rest)
     gt_dataset: str = "scenes"  # the upper bound's training data: a semantic data set with train/val splits
     image_size: Annotated[int, Field(ge=16, le=1024)] = 64
     epochs: PositiveInt = 12
@@ -646,12 +656,25 @@ class EvaluateParams(StrictModel):
     saliency_sets: list[str] = Field(default_factory=lambda: ["saliency"])  # data sets with a test split
     semantic_sets: list[str] = Field(default_factory=lambda: ["scenes"])  # DeepLab mIoU on their test split
     regions_sets: list[str] = Field(default_factory=lambda: ["regions"])  # region metrics on their test split
+    splits: dict[str, Split] = Field(default_factory=dict)  # data set -> the split scored instead of test (VOC: val)
     # DeepLab test-time inference: softmax averaged over the input resized by each factor (and mirrored with
     # semantic_flip), as DeepLab's multi-scale evaluation; [1.0] and false = one plain forward pass
     semantic_scales: list[ScaleFactor] = Field(default_factory=lambda: [1.0], min_length=1)
     semantic_flip: bool = False
     batch_size: PositiveInt = 32
     grid_samples: Annotated[int, Field(ge=1, le=32)] = 6
+
+    @model_validator(mode="after")
+    def _split_of_evaluated_sets(self) -> EvaluateParams:
+        evaluated = {*self.saliency_sets, *self.semantic_sets, *self.regions_sets}
+        unknown = sorted(set(self.splits) - evaluated)
+        if unknown:
+            raise ValueError(f"splits names {unknown}, which no evaluate.*_sets lists: {sorted(evaluated)}")
+        return self
+
+    def split_of(self, name: str) -> str:
+        """The split of data set ``name`` that is scored: ``splits[name]``, else test."""
+        return self.splits.get(name, "test")
 
 
 # --- web -------------------------------------------------------------------------------------------------
@@ -661,13 +684,27 @@ class WebClassSource(StrictModel):
 
     ``path``: the local folder, ``s3://bucket/prefix``, or the URL manifest (a text file with one URL per
     line, or a CSV with a ``url`` column; lines starting with ``#`` are comments). None for ``synthetic``.
+    ``dataset``: the images of download.datasets ``name`` tagged ``tag``, their masks reduced to class
+    ``label`` (default: the web class's name) vs the rest: the class's ground truth, never seen by ``reg``.
     """
 
-    kind: Literal["synthetic", "local", "s3", "urls"]
+    kind: Literal["synthetic", "local", "s3", "urls", "dataset"]
     path: Annotated[str, Field(min_length=1)] | None = None
+    name: Annotated[str, Field(min_length=1)] | None = None  # kind dataset: a semantic data set of download
+    tag: Annotated[str, Field(min_length=1)] | None = None  # kind dataset: its images with this tag
+    label: Annotated[str, Field(min_length=1)] | None = None  # kind dataset: its class of the object pixels
 
     @model_validator(mode="after")
     def _path_for_kind(self) -> WebClassSource:
+        given = [k for k in ("name", "tag", "label") if getattr(self, k) is not None]
+        if self.kind == "dataset":
+            if self.path is not None or self.name is None or self.tag is None:
+                raise ValueError(f"kind 'dataset' takes 'name' (a data set of download.datasets) and 'tag' (its "
+                                 f"images tagged so), optionally 'label', and no 'path'; got path={self.path!r}, "
+                                 f"name={self.name!r}, tag={self.tag!r}")
+            return self
+        if given:
+            raise ValueError(f"{given} go with kind 'dataset' only, not kind {self.kind!r}")
         if self.kind == "synthetic":
             if self.path is not None:
                 raise ValueError(f"kind 'synthetic' takes no 'path' (its images come from the synthetic web "
@@ -732,14 +769,21 @@ class Params(StrictModel):
     @model_validator(mode="after")
     def _cross_refs(self) -> Params:
         enabled = self.download.enabled()
+        deeplab = self.train_deeplab.enabled  # gt_dataset and semantic_sets serve the multi-class part only
         refs = [("noise.dataset", self.noise.dataset), ("train_deeplab.gt_dataset", self.train_deeplab.gt_dataset),
                 ("train_regions.dataset", self.train_regions.dataset)]
         for field_name in ("saliency_sets", "semantic_sets", "regions_sets"):
             refs += [(f"evaluate.{field_name}[{i}]", n) for i, n in enumerate(getattr(self.evaluate, field_name))]
+        multi_class = ("train_deeplab.gt_dataset", "evaluate.semantic_sets")
+        refs = [(key, name) for key, name in refs if deeplab or not key.startswith(multi_class)]
         for key, name in refs:
             if name not in enabled:
                 raise ValueError(f"{key} {name!r} is not an enabled data set in download.datasets; "
                                  f"enabled: {sorted(enabled)}")
+        for cls, source in self.web.classes.items():
+            if source.kind == "dataset" and source.name not in enabled:
+                raise ValueError(f"web.classes.{cls}.name {source.name!r} is not an enabled data set in "
+                                 f"download.datasets; enabled: {sorted(enabled)}")
         synthetic_web = [n for n, s in self.web.classes.items() if s.kind == "synthetic"]
         if synthetic_web and "web" not in enabled:
             raise ValueError(f"web.classes {synthetic_web} come from the synthetic web set, but 'web' is not an "
@@ -748,15 +792,17 @@ class Params(StrictModel):
         if unknown:
             raise ValueError(f"web.classes {unknown}: kind 'synthetic' needs a class of synthetic.classes "
                              f"{self.synthetic.classes}")
-        for key, name in [("train_deeplab.gt_dataset", self.train_deeplab.gt_dataset)] + [
-                (f"evaluate.semantic_sets[{i}]", n) for i, n in enumerate(self.evaluate.semantic_sets)]:
+        semantic = [("train_deeplab.gt_dataset", self.train_deeplab.gt_dataset)] + [
+            (f"evaluate.semantic_sets[{i}]", n) for i, n in enumerate(self.evaluate.semantic_sets)]
+        for key, name in semantic if deeplab else []:
             try:
                 names = self.dataset_classes(name)
             except ValueError as err:
                 raise ValueError(f"{key}: {err}") from None
             if not set(self.web.classes) & set(names):
                 raise ValueError(f"{key} {name!r}: none of its classes {names} is in web.classes "
-                                 f"{list(self.web.classes)}")
+                                 f"{list(self.web.classes)}; for single-class models only, set "
+                                 f"train_deeplab.enabled: false")
         for name, model in self.registry.models.items():
             for i, dotted in enumerate(model.eval_params):
                 try:
@@ -789,7 +835,8 @@ class Params(StrictModel):
                                                               # stage that reads params needs
         cfg = self.evaluate
         return DeepLabScoring(self.semantic_classes(), {name: self.dataset_classes(name) for name in cfg.semantic_sets},
-                              cfg.batch_size, cfg.semantic_scales, cfg.semantic_flip, cfg.grid_samples)
+                              cfg.batch_size, cfg.semantic_scales, cfg.semantic_flip, cfg.grid_samples,
+                              {name: cfg.split_of(name) for name in cfg.semantic_sets})
 
     def dataset_classes(self, name: str) -> list[str]:
         """The class name of each mask id of semantic data set ``name``: its ``classes`` entry, else the

@@ -1,5 +1,7 @@
 """DVC stage `evaluate_regions`: every class-agnostic region model on the test split of each regions set.
 
+The split scored is ``test`` unless ``evaluate.splits`` names another for the set (BSDS500 here: val).
+
 Each method of ``train_regions.methods`` (model ``<models>/<method>/model.pt``) segments the test images of
 every set in ``evaluate.regions_sets`` at the model's training size with the method's inference routine
 (:mod:`lofiseg.infer.regions`); :mod:`lofiseg.evaluate.regions` resizes the label maps (nearest) to the ground
@@ -40,14 +42,15 @@ def evaluate_regions(params: Params, models_root: Path, raw: Path, metrics_path:
     sets = {name: Dataset(raw / name) for name in cfg.regions_sets}
     by_set, grid_labels = score_region_models(models_root, methods, sets,
                                               partial(params.train_regions.region_settings, params.seed),
-                                              cfg.batch_size, cfg.grid_samples)
+                                              cfg.batch_size, cfg.grid_samples,
+                                              {name: cfg.split_of(name) for name in sets})
     metrics = metrics_by_method(by_set)
     atomic_write_json(metrics_path, metrics)
     files = [metrics_path]
 
     sections = []
     for name in sets:
-        sections.append(f"## {name} (test split)\n\n### Contour and region metrics (CAS paper Table 6 layout)\n\n"
+        sections.append(f"## {name} ({cfg.split_of(name)} split)\n\n### Contour and region metrics (CAS paper Table 6 layout)\n\n"
                         f"{contour_region_table(by_set[name])}\n### Segment metrics (Dille et al. Table 2 layout)\n\n"
                         f"{segment_table(by_set[name])}")
     text = ("# Class-agnostic multi-region segmentation\n\nOne segmentation per image, so ODS = OIS. VI in bits "
@@ -56,7 +59,7 @@ def evaluate_regions(params: Params, models_root: Path, raw: Path, metrics_path:
     files.append(atomic_write_text(report / "table.md", text))
 
     dataset = sets[cfg.regions_sets[0]]
-    records = dataset.split("test")[:cfg.grid_samples]
+    records = dataset.split(cfg.split_of(cfg.regions_sets[0]))[:cfg.grid_samples]
     rows = []
     for i, record in enumerate(records):
         gt = dataset.mask(record).astype(np.int64)

@@ -1,7 +1,7 @@
 """DVC stage `evaluate_saliency`: every salient-object model on held-out sets with ground truth.
 
-Saliency part: each (loss, noise rate) model on the clean test split of every set in
-``evaluate.saliency_sets``: MAE, F-beta at T = 2 mean(S), max-F and weighted F-beta. Writes the metrics JSON
+Saliency part: each (loss, noise rate) model on the clean test split (``evaluate.splits`` may name another) of
+every set in ``evaluate.saliency_sets``: MAE, F-beta at T = 2 mean(S), max-F and weighted F-beta. Writes the metrics JSON
 for DVC, a plots folder for ``dvc plots``, static PNG plots, a markdown table shaped like the CAS paper's
 Table 3, and a qualitative grid, and logs the same files to MLflow.
 """
@@ -67,7 +67,7 @@ def evaluate_saliency(params: Params, models_root: Path, raw: Path, noisy_root: 
             model, info = load_bundle(models_root / loss / rate / "model.pt")
             loaded[(loss, rate)] = (model, info)
             for name, dataset in sets.items():
-                scores = score_saliency(model, info, dataset, cfg.batch_size)
+                scores = score_saliency(model, info, dataset, cfg.batch_size, cfg.split_of(name))
                 metrics.setdefault(loss, {}).setdefault(rate, {})[name] = scores
                 log.info("saliency %s @ %s on %s: %s", loss, rate, name,
                          ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
@@ -86,7 +86,7 @@ def evaluate_saliency(params: Params, models_root: Path, raw: Path, noisy_root: 
         fig = lines_figure(series, "noise rate (fraction of images with flipped labels)", "F-beta (adaptive)",
                            f"{name}: F-beta vs label noise")
         files.append(save_figure(fig, report / f"fbeta_vs_noise_{name}.png"))
-        tables.append(f"## {name} (test split)\n\n{table3(metrics, losses, rates, name)}")
+        tables.append(f"## {name} ({cfg.split_of(name)} split)\n\n{table3(metrics, losses, rates, name)}")
     files.append(atomic_write_text(report / "table3.md", "# Saliency under label noise (CAS paper Table 3 "
                                    "layout)\n\nCells: F-beta at T = 2 mean(S) / MAE.\n\n" + "\n".join(tables)))
     by_loss = {loss: loaded[(loss, rate)] for loss in losses for rate in rates if rate == rates[-1]}

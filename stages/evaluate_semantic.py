@@ -6,9 +6,11 @@
   (synthetic web sets), over the pixels the pseudo labels do not ignore, and the fraction they label;
 * DeepLab: mIoU and per-class IoU of ``train_deeplab@pseudo``, ``train_deeplab@gt`` (the upper bound) and
   ``train_deeplab@web_gt`` (the ceiling: the web images with perfect labels; absent without web ground truth)
-  on the test split of every set in ``evaluate.semantic_sets``, ground truth mapped by class name onto
-  web.classes; ``deeplab_ratio`` = pseudo / upper bound splits into ``pseudo_vs_ceiling`` (what the pseudo
+  on the test split (or ``evaluate.splits.<set>``) of every set in ``evaluate.semantic_sets``, ground truth
+  mapped by class name onto web.classes (other classes background); ``deeplab_ratio`` = pseudo / upper bound splits into ``pseudo_vs_ceiling`` (what the pseudo
   labels lose) times ``ceiling_ratio`` (what training on web images instead of the target domain loses).
+
+With ``train_deeplab.enabled: false`` the DeepLab entries are null and only the rest is scored.
 
 Writes ``metrics/semantic.json`` for DVC, markdown tables, a per-class IoU bar chart and qualitative grids under
 ``reports/semantic``, and logs them to MLflow.
@@ -50,15 +52,17 @@ def evaluate(params: Params, raw: Path, web_root: Path, pseudo_root: Path, singl
              deeplab_models: Path, metrics_path: Path, report: Path) -> tuple[dict, list[Path]]:
     web, pseudo = Dataset(web_root), Dataset(pseudo_root)
     classes = params.semantic_classes()
-    scoring = params.deeplab_scoring()
+    deeplab = params.train_deeplab.enabled  # false: single-class models and pseudo labels only
+    scoring = params.deeplab_scoring() if deeplab else None
     metrics: dict = {"classes": classes}
     metrics["pseudo_labels"] = score_pseudo_labels(web, pseudo, classes)
     samples = {}
     first = params.evaluate.semantic_sets[0]
     for supervision in SUPERVISIONS:
         bundle = deeplab_models / supervision / "model.pt"
-        if supervision == "web_gt" and not bundle.is_file():  # the web set has no ground truth: no ceiling
-            metrics["deeplab_web_gt"] = None
+        # off, or the web set has no ground truth (no ceiling)
+        if scoring is None or (supervision == "web_gt" and not bundle.is_file()):
+            metrics[f"deeplab_{supervision}"] = None
             continue
         by_set, samples[supervision] = score_deeplab(bundle, raw, scoring)
         entry = dict(by_set[first])
@@ -66,6 +70,7 @@ def evaluate(params: Params, raw: Path, web_root: Path, pseudo_root: Path, singl
             entry["by_set"] = by_set
         metrics[f"deeplab_{supervision}"] = entry
         log.info("DeepLab on %s: mIoU %.3f on %s", supervision, entry["miou"], first)
+    deeplab_iou = {name: (metrics[f"deeplab_{name}"] or {}).get("iou", {}) for name in ("pseudo", "gt")}
     metrics["deeplab_ratio"] = miou_ratio(metrics["deeplab_pseudo"], metrics["deeplab_gt"])
     metrics["pseudo_vs_ceiling"] = miou_ratio(metrics["deeplab_pseudo"], metrics["deeplab_web_gt"])
     metrics["ceiling_ratio"] = miou_ratio(metrics["deeplab_web_gt"], metrics["deeplab_gt"])
@@ -80,20 +85,21 @@ def evaluate(params: Params, raw: Path, web_root: Path, pseudo_root: Path, singl
         + single_class_table(metrics["single_class"]))))
     inference = test_time_words(params.evaluate.semantic_scales, params.evaluate.semantic_flip)
     files.append(atomic_write_text(report / "miou.md", (
-        f"# Weakly supervised semantic segmentation (Veksler Sec. 4.3)\n\nDeepLab scores on the test split of "
-        f"{first} ({inference}); pseudo GT scored on the web images it labels, over the pixels "
+        f"# Weakly supervised semantic segmentation (Veksler Sec. 4.3)\n\nDeepLab scores on the "
+        f"{params.evaluate.split_of(first)} split of {first} ({inference}); pseudo GT scored on the web images it labels, over the pixels "
         "it does not ignore. Training augmentation: "
         + "; ".join(f"{name} {training_augmentation(deeplab_models / name / 'info.json')}" for name in SUPERVISIONS
                     if metrics[f"deeplab_{name}"] is not None)
         + ".\n\n" + miou_tables(metrics, classes))))
     groups = {name: {"pseudo GT": (metrics["pseudo_labels"] or {}).get("iou", {}).get(name),
-                     "DeepLab pseudo": metrics["deeplab_pseudo"]["iou"][name],
-                     "DeepLab GT": metrics["deeplab_gt"]["iou"][name]} for name in classes}
+                     "DeepLab pseudo": deeplab_iou["pseudo"].get(name),
+                     "DeepLab GT": deeplab_iou["gt"].get(name)} for name in classes}
     files.append(save_figure(bars_figure(groups, "IoU", f"IoU per class ({first} test / web images)"),
                              report / "iou_per_class.png"))
-    scenes = scenes_grid(Dataset(raw / first), lambda mask: scoring.truth(first, mask), samples["pseudo"][first],
-                         samples["gt"][first])
-    files.append(save_png(report / "scenes_grid.png", scenes))
+    if scoring is not None:
+        scenes = scenes_grid(Dataset(raw / first), lambda mask: scoring.truth(first, mask),
+                             samples["pseudo"][first], samples["gt"][first])
+        files.append(save_png(report / "scenes_grid.png", scenes))
     files.append(save_png(report / "pseudo_grid.png", pseudo_grid(web, pseudo, classes)))
     return metrics, files
 

@@ -18,6 +18,7 @@ the experiment (``dvc.experiment``) or branch (``git.branch``), and its decision
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,10 +42,14 @@ from stages.cli import log, run, stage_parser
 
 
 def plan(name: str, spec: RegisteredModel, params: Params) -> dict[str, Any]:
-    """Everything the registration of one model needs, checked before any of them is registered."""
+    """Everything the registration of one model needs, checked before any of them is registered; a bundle
+    whose training stage skipped it on purpose (its info.json says why) gives ``{"skipped": why}``."""
     key = f"registry.models.{name}"
     bundle = Path(spec.bundle)
     model_file = bundle / BUNDLE_FILE if bundle.suffix != ".pt" else bundle
+    info = bundle / "info.json"
+    if not model_file.is_file() and info.is_file() and "skipped" in (why := json.loads(info.read_text())):
+        return {"skipped": why["skipped"]}
     if not model_file.is_file():
         raise FileNotFoundError(f"{key}.bundle: {model_file} is missing (run its training stage first)")
     file = Path(spec.metrics)
@@ -106,6 +111,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     results: dict[str, Any] = {}
     for name, spec in selected.items():
         todo = plans[name]
+        if "skipped" in todo:
+            log.warning("%s: not registered: %s", name, todo["skipped"])
+            results[name] = {"skipped": todo["skipped"]}
+            continue
         tags = {**standard_tags(".", [spec.eval_data, spec.bundle]), **where}
         result = registry.register_and_gate(
             name, todo["bundle"], metrics=todo["metrics"], eval_set=todo["eval_set"],

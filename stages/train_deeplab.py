@@ -12,6 +12,8 @@ to pseudo-label quality from the loss due to the web images being another domain
 writes only an info.json saying why it skipped. Validation mIoU every epoch on the data's val split (against
 pseudo labels for ``pseudo``); a data set without a val split lends 10% of its train images (by content hash).
 
+With ``train_deeplab.enabled: false`` (single-class models only) every supervision writes only that info.json.
+
 Checkpoints every epoch outside the DVC outs (``--checkpoints``) and resumes after a kill. Runs as one process
 or under ``torchrun --nproc_per_node N -m stages.train_deeplab ...`` (DDP, see :mod:`lofiseg.train.distributed`):
 each rank trains on its slice of every global batch, rank 0 alone writes checkpoints, outputs and MLflow.
@@ -72,6 +74,12 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def train_deeplab(args: argparse.Namespace, params: Params, ctx: DistContext, device: torch.device) -> None:
     cfg, classes = params.train_deeplab, params.semantic_classes()
+    if not cfg.enabled:
+        log.warning("train_deeplab.enabled is false: no multi-class DeepLab (%s)", args.supervision)
+        if ctx.is_main:
+            write_json_outputs(args.out, {"info.json": {"supervision": args.supervision,
+                                                        "skipped": "train_deeplab.enabled is false"}})
+        return
     try:
         check_batch_size(cfg.batch_size, ctx, "train_deeplab.batch_size")
     except ValueError as err:

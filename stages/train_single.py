@@ -158,8 +158,8 @@ def run_gt(params: Params, args: Any, device: torch.device) -> None:
     split.masks = gt_labels(split.masks)
     batches = epoch_batches(split, cfg.batch_size, params.seed, [random_flip] if cfg.flip else [])
     info = {"class": cls, "supervision": "gt", "image_size": size, "channel": 1, "images": len(records)}
-    train(params, args, device, f"{cls}-gt", new_model(params), build_step("ce"), batches, cfg.gt_epochs, None,
-          info, ("gt", cls, size, dataset_digest(dataset.root)), [str(args.data)], split.images[:1], GT_CURVES)
+    train(params, args, device, f"{cls}-gt", new_model(params), build_step("ce"), batches, cfg.gt_epoch_count(),
+          None, info, ("gt", cls, size, dataset_digest(dataset.root)), [str(args.data)], split.images[:1], GT_CURVES)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

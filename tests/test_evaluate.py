@@ -49,7 +49,7 @@ def test_pseudo_labels_are_scored_over_the_pixels_they_label(tmp_path):
 def test_deeplab_truth_is_mapped_by_class_name():
     scoring = DeepLabScoring(CLASSES, {"scenes": ["background", "leaf", "sun", "brick"]})
     truth = scoring.truth("scenes", np.array([[0, 1, 2, 3, 255]], np.uint8))
-    assert truth.tolist() == [[0, 2, 1, 255, 255]]  # brick is not in the label space: ignored
+    assert truth.tolist() == [[0, 2, 1, 0, 255]]  # brick is not in the label space: background
 
 
 def test_region_metrics_nest_the_further_sets_in_each_method():

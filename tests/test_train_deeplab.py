@@ -146,11 +146,11 @@ def test_gt_masks_are_remapped_by_class_name(workdir):
     assert data.val_source == "val split" and data.val.ids == [r.id for r in raw.split("val")]
     for i, record in enumerate(raw.split("val")):
         source = raw.mask(record)
-        # sun 1 -> 2, leaf 2 -> 1, brick 3 -> 255 (not a web class), background stays 0
-        expected = np.choose(source, [0, 2, 1, 255]).astype(np.uint8)
+        # sun 1 -> 2, leaf 2 -> 1, brick 3 -> 0 (not a web class: background), background stays 0
+        expected = np.choose(source, [0, 2, 1, 0]).astype(np.uint8)
         assert np.array_equal(data.val.masks[i].numpy(), expected)
     assert np.array_equal(remap_labels(raw.mask(raw.split("train")[0]), ["background", *SCENE_CLASSES],
-                                       params.semantic_classes()), data.train.masks[0].numpy())
+                                       params.semantic_classes(), others=0), data.train.masks[0].numpy())
 
 
 def test_a_data_set_without_val_lends_a_tenth_of_train(workdir, tmp_path):

@@ -45,33 +45,37 @@ def _check_classes(name: str, classes: Sequence[str]) -> list[str]:
     return classes
 
 
-def label_lookup(source_classes: Sequence[str], target_classes: Sequence[str], ignore: int = IGNORE) -> np.ndarray:
+def label_lookup(source_classes: Sequence[str], target_classes: Sequence[str], ignore: int = IGNORE,
+                 others: int | None = None) -> np.ndarray:
     """The (256,) uint8 table of :func:`remap_labels`: source id -> target id.
 
     Id 0 is background on both sides and stays 0 whatever its name; a source class is found in
-    ``target_classes`` by name, else it becomes ``ignore``; every other entry (``ignore`` itself, ids beyond the
+    ``target_classes`` by name, else it becomes ``others`` (None: ``ignore``); every other entry (``ignore`` itself, ids beyond the
     source list, which :func:`remap_labels` rejects before the lookup) is ``ignore``.
     """
     source = _check_classes("source_classes", source_classes)
     target = _check_classes("target_classes", target_classes)
     if isinstance(ignore, bool) or not isinstance(ignore, int) or not len(target) <= ignore <= 255:
         raise ValueError(f"ignore must be an int in [{len(target)}, 255] (outside the target ids), got {ignore!r}")
+    if others is not None and not 0 <= others < len(target):
+        raise ValueError(f"others must be a target id 0..{len(target) - 1} or None (ignore), got {others!r}")
     index = {name: i for i, name in enumerate(target)}
+    absent = ignore if others is None else others
     table = np.full(256, ignore, dtype=np.uint8)
-    table[: len(source)] = [0 if i == 0 else index.get(name, ignore) for i, name in enumerate(source)]
+    table[: len(source)] = [0 if i == 0 else index.get(name, absent) for i, name in enumerate(source)]
     return table
 
 
 def remap_labels(mask: Mask, source_classes: Sequence[str], target_classes: Sequence[str],
-                 ignore: int = IGNORE) -> Mask:
+                 ignore: int = IGNORE, others: int | None = None) -> Mask:
     """Relabel an integer label map from ``source_classes`` ids to ``target_classes`` ids, by class name.
 
     ``mask`` is a numpy array or torch tensor of any shape holding ids ``0..len(source_classes) - 1`` or
-    ``ignore``. Background (0) stays 0; a class absent from ``target_classes`` becomes ``ignore``; ``ignore``
-    stays ``ignore``. One table lookup, no loop over pixels. Returns the same kind of array (uint8 values, the
+    ``ignore``. Background (0) stays 0; a class absent from ``target_classes`` becomes ``others`` (e.g. 0:
+    every class that is not a web class is background), or ``ignore`` when None; ``ignore`` stays ``ignore``. One table lookup, no loop over pixels. Returns the same kind of array (uint8 values, the
     input's dtype kept for torch).
     """
-    table = label_lookup(source_classes, target_classes, ignore)
+    table = label_lookup(source_classes, target_classes, ignore, others)
     num_source = len(source_classes)
     if isinstance(mask, torch.Tensor):
         if mask.is_floating_point() or mask.dtype == torch.bool:

@@ -96,7 +96,8 @@ def label_space(root: Path, name: str, declared: Callable[[str], list[str]]) -> 
 def load_supervision(supervision: str, data_dir: Path, classes: Sequence[str], web_classes: Sequence[str],
                      image_size: int, gt_dataset: str, declared: Callable[[str], list[str]]) -> Supervision:
     """Train and val splits at ``image_size`` with masks in ``classes`` ids: ``pseudo`` (the pseudo-GT set
-    ``data_dir``), ``gt`` (data set ``gt_dataset`` under ``data_dir``, remapped by class name; ``declared``:
+    ``data_dir``), ``gt`` (data set ``gt_dataset`` under ``data_dir``, remapped by class name: classes that
+    are no web class -> background 0, void 255 kept; ``declared``:
     see :func:`label_space`) or ``web_gt`` (:func:`load_web_truth`)."""
     classes = list(classes)
     if supervision == "pseudo":
@@ -124,7 +125,7 @@ def load_supervision(supervision: str, data_dir: Path, classes: Sequence[str], w
     for split in splits:
         check_labels(split, len(source), root)
         if source != classes:
-            split.masks = remap_labels(split.masks, source, classes)
+            split.masks = remap_labels(split.masks, source, classes, others=0)  # other classes: background
     return Supervision(splits[0], splits[1], val_source, root)
 
 

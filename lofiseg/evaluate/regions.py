@@ -14,6 +14,7 @@ import torch
 from lofiseg.data.format import Dataset, Record, read_mask
 from lofiseg.data.layouts import ALT_MASKS_FIELD
 from lofiseg.data.loading import load_split
+from lofiseg.evaluate.scored_split import records_to_score
 from lofiseg.infer.regions import RegionEvaluator, RegionSettings, resize_labels, segment_images
 from lofiseg.models.bundle import load_bundle
 
@@ -39,14 +40,12 @@ def load_region_model(path: Path, method: str) -> tuple[torch.nn.Module, dict]:
 
 
 def score_regions(model: torch.nn.Module, image_size: int, method: str, dataset: Dataset, name: str,
-                  settings: RegionSettings, batch_size: int) -> tuple[Scores, list[np.ndarray]]:
-    """The test split of ``dataset`` (called ``name``) segmented at ``image_size`` with ``method``'s inference
+                  settings: RegionSettings, batch_size: int, split: str = "test") -> tuple[Scores, list[np.ndarray]]:
+    """The ``split`` of ``dataset`` (called ``name``) segmented at ``image_size`` with ``method``'s inference
     routine and scored; also each label map resized (nearest) to its ground truth."""
-    records = dataset.split("test")
-    if not records:
-        raise ValueError(f"{dataset.root}: data set {name!r} has no test split to score regions on")
-    split = load_split(dataset, records, image_size, with_masks=False, desc=f"load {name}")
-    labels = segment_images(model, method, split.images, settings, batch_size, desc=f"{method} on {name}")
+    records = records_to_score(dataset, split, name)
+    loaded = load_split(dataset, records, image_size, with_masks=False, desc=f"load {name}")
+    labels = segment_images(model, method, loaded.images, settings, batch_size, desc=f"{method} on {name}")
     evaluator = RegionEvaluator()
     resized = []
     for record, pred in zip(records, labels, strict=True):
@@ -58,17 +57,18 @@ def score_regions(model: torch.nn.Module, image_size: int, method: str, dataset:
 
 def score_region_models(models_root: Path, methods: Sequence[str], sets: Mapping[str, Dataset],
                         settings_for: Callable[[dict], RegionSettings], batch_size: int,
-                        grid_samples: int) -> tuple[dict[str, dict[str, Scores]], dict[str, list[np.ndarray]]]:
+                        grid_samples: int, splits: Mapping[str, str] | None = None,
+                        ) -> tuple[dict[str, dict[str, Scores]], dict[str, list[np.ndarray]]]:
     """Every method's model ``models_root/<method>/model.pt`` on every set: ({set: {method: scores}},
     {method: its first ``grid_samples`` label maps on the first set}). ``settings_for(info)`` gives a model's
-    inference settings from its bundle info."""
+    inference settings from its bundle info; ``splits``: the split scored per set (default test)."""
     by_set: dict[str, dict[str, Scores]] = {name: {} for name in sets}
     grid_labels: dict[str, list[np.ndarray]] = {}
     for method in methods:
         model, info = load_region_model(models_root / method / "model.pt", method)
         for index, (name, dataset) in enumerate(sets.items()):
             scores, labels = score_regions(model, info["image_size"], method, dataset, name, settings_for(info),
-                                           batch_size)
+                                           batch_size, (splits or {}).get(name, "test"))
             by_set[name][method] = scores
             if index == 0:
                 grid_labels[method] = labels[:grid_samples]

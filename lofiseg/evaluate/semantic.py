@@ -10,13 +10,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from lofiseg.data.format import IGNORE, Dataset, Record
 from lofiseg.data.labels import class_records, remap_labels, web_class, web_truth_labels
+from lofiseg.evaluate.scored_split import records_to_score
 from lofiseg.infer.predict import predict_native
 from lofiseg.metrics.saliency import SaliencyMeter
 from lofiseg.metrics.semantic import ConfusionMeter, iou_report
@@ -89,23 +90,27 @@ class DeepLabScoring:
     scales: Sequence[float] = (1.0,)
     flip: bool = False
     grid_samples: int = 0  # predictions kept per set for the qualitative grid
+    splits: Mapping[str, str] = field(default_factory=dict)  # the split scored per set, if not score_deeplab's
 
     def truth(self, name: str, mask: np.ndarray) -> np.ndarray:
-        """Set ``name``'s ground truth in the label space (classes it does not share become ignore)."""
-        return remap_labels(mask, self.set_classes[name], self.classes)
+        """Set ``name``'s ground truth in the label space: its classes that are not in it become background 0
+        (as for ``train_deeplab@gt``), ignore stays ignore."""
+        return remap_labels(mask, self.set_classes[name], self.classes, others=0)
 
 
 def score_deeplab(bundle: Path, raw: Path, scoring: DeepLabScoring,
                   split: str = "test") -> tuple[dict, dict[str, list[tuple[Record, np.ndarray]]]]:
     """({set: confusion scores}, {set: [(record, predicted labels)] of its first ``grid_samples`` images}) of
-    the DeepLab ``bundle`` on ``split`` of every set ``raw/<set>`` of ``scoring``."""
+    the DeepLab ``bundle`` on every set ``raw/<set>`` of ``scoring``: its split in ``scoring.splits``, else
+    ``split``."""
     model, info = load_bundle(bundle)
     scores, samples = {}, {}
     for name in scoring.set_classes:
         dataset = Dataset(raw / name)
         meter = ConfusionMeter(len(scoring.classes))
         samples[name] = []
-        for record, probs in predict_native(model, dataset, dataset.split(split), info["image_size"],
+        records = records_to_score(dataset, scoring.splits.get(name, split), name)
+        for record, probs in predict_native(model, dataset, records, info["image_size"],
                                             scoring.batch_size, desc=f"{bundle.parent.name} {name}",
                                             scales=scoring.scales, flip=scoring.flip):
             pred = probs.argmax(0).numpy().astype(np.uint8)
