@@ -218,3 +218,12 @@ def test_one_class_of_ones_own_runs_without_the_multi_class_part(msrc: Path, raw
     assert metrics["pseudo_labels"]["miou"] == pytest.approx(1.0)  # the web truth itself, void left out
     assert metrics["single_class"]["cow"] == {"reg": None, "gt": None, "gap": None}  # no model trained here
     assert not (tmp_path / "report" / "scenes_grid.png").exists() and (tmp_path / "report" / "table2.md").is_file()
+
+
+def test_the_msrc_overrides_of_the_benchmarks_are_valid_params():
+    overrides = yaml.safe_load((PROJECT / "benchmarks" / "params" / "msrc_v2.yaml").read_text())
+    params = project_params(overrides)
+    spec = params.download.datasets["msrc_v2"]
+    assert spec.layout == "semantic" and spec.void_value == 0 and spec.tags_column == "object"
+    assert params.dataset_classes("msrc_v2")[4] == "cow" and len(params.dataset_classes("msrc_v2")) == 24
+    assert {s.kind for s in params.web.classes.values()} == {"dataset"} and "cow" in params.web.classes
