@@ -115,6 +115,9 @@ def test_data_set_web_classes_say_what_is_missing(raw: Path, tmp_path: Path):
     web = WebParams.model_validate({"classes": {"horse": {"kind": "dataset", "name": "msrc", "tag": "horse"}}})
     with pytest.raises(ValueError, match=r"data set 'msrc' at .* has no class 'horse' \(its classes.json: "):
         collect_web_images(web, tmp_path / "w", tmp_path / "c", progress=False, datasets=raw)
+    with pytest.raises(ValueError, match=r"manifest.csv: web class 'horse' takes its images from data set "
+                                         r"'msrc', which is missing; run the download stage first"):
+        collect_web_images(web, tmp_path / "w", tmp_path / "c", progress=False, datasets=tmp_path / "elsewhere")
     web = WebParams.model_validate({"classes": {"cow": {"kind": "dataset", "name": "msrc", "tag": "dog"}}})
     with pytest.raises(ValueError, match=r"no image tagged 'dog' in .*; its tags are \['cow', 'sheep'\]"):
         collect_web_images(web, tmp_path / "w", tmp_path / "c", progress=False, datasets=raw)

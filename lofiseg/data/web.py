@@ -40,7 +40,16 @@ from PIL import Image
 from tqdm import tqdm
 
 from lofiseg.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from lofiseg.data.format import Dataset, DatasetWriter, decode_image, encode_png, read_mask, sha256_bytes
+from lofiseg.data.format import (
+    MANIFEST,
+    Dataset,
+    DatasetFormatError,
+    DatasetWriter,
+    decode_image,
+    encode_png,
+    read_mask,
+    sha256_bytes,
+)
 from lofiseg.data.holdout import hold_out
 from lofiseg.data.labels import CLASSES_FILE, read_class_names
 from lofiseg.data.masks import one_class_mask
@@ -532,7 +541,11 @@ class _Collector:
         if self.datasets is None:
             raise ValueError(f"class {name!r} has kind 'dataset', so datasets must be the folder of the downloaded "
                              "data sets, got datasets=None")
-        dataset = Dataset(self.datasets / str(source.name))
+        root = self.datasets / str(source.name)
+        if not (root / MANIFEST).is_file():
+            raise DatasetFormatError(f"{root / MANIFEST}: web class {name!r} takes its images from data set "
+                                     f"{source.name!r}, which is missing; run the download stage first")
+        dataset = Dataset(root)
         label = source.label or name
         classes = read_class_names(dataset.root)
         if classes is None or label not in classes:
