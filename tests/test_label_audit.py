@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from lofiseg.config import SyntheticSaliency
+from lofiseg.config import ParamsError, SyntheticSaliency, parse_params
 from lofiseg.data.audited import relabel, write_audited_copy
 from lofiseg.data.format import Dataset, DatasetWriter
 from lofiseg.data.noise import make_noisy_copy
@@ -75,6 +75,18 @@ def test_flag_precision_recall_f1_by_hand():
     assert (clean["precision"], clean["recall"], clean["f1"]) == (1.0, 1.0, 1.0)
     with pytest.raises(ValueError, match="flagged has 1 images, truth 2"):
         flag_scores([True], [True, False])
+
+
+@pytest.mark.parametrize(("audit", "message"), [
+    ({"retrain_rates": [0.3]}, r"audit.retrain_rates \[0.3\] must be among noise.rates \[0.0, 0.5\]"),
+    ({"retrain_rates": [0]}, r"audit.retrain_rates.*write every rate as a decimal"),
+    ({"min_score": 1.0}, r"audit.min_score"),
+])
+def test_audit_params_are_checked_naming_the_key(audit, message):
+    raw = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    assert parse_params(raw).audit.retrain_rates == []  # CE on the audited copy is off by default
+    with pytest.raises(ParamsError, match=message):
+        parse_params(deep_merge(raw, {"audit": audit}))
 
 
 @pytest.fixture(scope="module")
