@@ -46,12 +46,12 @@ SMALL_OTHERS = {  # the sets this benchmark does not use, kept tiny (params cros
 }
 
 
-def bench_params(data: Path | None, size: int, epochs: int) -> dict:
+def bench_params(data: Path | None, size: int, epochs: int, batch_size: int) -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["synthetic"].update(SMALL_OTHERS)
     params["tracking"]["enabled"] = False
     params["noise"]["rates"] = [0.0, 0.5]
-    params["train_saliency"].update(losses=["ce", "cas"], image_size=size, epochs=epochs)
+    params["train_saliency"].update(losses=["ce", "cas"], image_size=size, epochs=epochs, batch_size=batch_size)
     params["audit"]["retrain_rates"] = [0.5]
     if data is not None:
         params["download"]["datasets"]["saliency"] = {
@@ -62,7 +62,10 @@ def bench_params(data: Path | None, size: int, epochs: int) -> dict:
 
 
 def stage(work: Path, module: str, *args: str) -> float:
-    """Run ``python -m stages.<module>`` in ``work``; returns its wall time in seconds."""
+    """Run ``python -m stages.<module>`` in ``work`` unless its ``--out`` exists (a kept folder resumes);
+    returns its wall time in seconds (0: skipped)."""
+    if (work / args[args.index("--out") + 1]).exists():
+        return 0.0
     env = dict(os.environ, PYTHONPATH=str(ROOT), LOFISEG_DEVICE="cpu", DO_NOT_TRACK="1")
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", f"stages.{module}", *args], cwd=work, env=env,
@@ -101,12 +104,13 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=None, help="a DAVIS-like folder; default: synthetic")
     parser.add_argument("--size", type=int, default=64, help="training image size, px")
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it")
     args = parser.parse_args()
     label = args.data.name if args.data else "synthetic"
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench_audit_"))
     work.mkdir(parents=True, exist_ok=True)
-    (work / "params.yaml").write_text(yaml.safe_dump(bench_params(args.data, args.size, args.epochs), sort_keys=False))
+    (work / "params.yaml").write_text(yaml.safe_dump(bench_params(args.data, args.size, args.epochs, args.batch_size), sort_keys=False))
 
     times = {"download": stage(work, "download", "--out", "data/raw", "--report", "reports/data")}
     for rate in ("0.0", RATE):
@@ -141,7 +145,7 @@ def main() -> None:
         f"`{' '.join(['nice -n 5 .venv/bin/python -m benchmarks.bench_audit', *sys.argv[1:]])}` "
         f"({platform.node()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}). Train split flipped at rate "
         f"{RATE}: {audit['truly_flipped']} of {audit['images']} images. Models: params.yaml's train_saliency at "
-        f"{args.size} px, {args.epochs} epochs. Grid: `{grid.relative_to(ROOT).as_posix()}`.", "",
+        f"{args.size} px, {args.epochs} epochs, batch {args.batch_size}. Grid: `{grid.relative_to(ROOT).as_posix()}`.", "",
         "| flags | images | truly flipped | flagged | TP | precision | recall | F1 |", "|---|---|---|---|---|---|---|---|",
         row.format("audit (CAS model)", audit["images"], audit["truly_flipped"], audit["flagged"], audit["tp"],
                    audit["precision"], audit["recall"], audit["f1"]),

@@ -20,6 +20,8 @@ from lofiseg.data.noise import make_noisy_copy
 from lofiseg.data.synthetic import generate_saliency
 from lofiseg.infer.label_audit import agreement_matrices, audit_labels, binary_probs
 from lofiseg.metrics.flags import flag_scores
+from lofiseg.models.bundle import save_bundle
+from lofiseg.models.factory import build_model
 from tests.pipeline_repo import PROJECT, TINY, deep_merge, dvc, make_repo, tool_env
 
 
@@ -170,3 +172,23 @@ def test_dvc_runs_the_audit_per_rate_and_trains_on_the_audited_copy_only_when_as
     params = yaml.safe_load((repo / "params.yaml").read_text())
     (repo / "params.yaml").write_text(yaml.safe_dump(deep_merge(params, {"audit": {"retrain_rates": [0.5]}})))
     assert "train_audited@0.5" in dvc(repo, "stage", "list").stdout
+
+
+def test_evaluate_saliency_scores_the_ce_model_of_the_audited_copy_when_present(noisy, tmp_path):
+    from stages.evaluate_saliency import AUDITED, evaluate_saliency
+
+    raw = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    params = parse_params(deep_merge(deep_merge(raw, TINY), TINY_CAS))
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "saliency").symlink_to(noisy / "raw")
+    (tmp_path / "noisy").mkdir()
+    (tmp_path / "noisy" / "0.5").symlink_to(noisy / "noisy")
+    torch.manual_seed(0)
+    for folder, loss in (("cas", "cas"), (AUDITED, "ce")):
+        model = build_model(num_classes=2, **params.train_saliency.model.model_dump())
+        save_bundle(tmp_path / "models" / folder / "0.5" / "model.pt", model,
+                    {"loss": loss, "noise_rate": 0.5, "channel": 1, "image_size": 32})
+    metrics, _ = evaluate_saliency(params, tmp_path / "models", tmp_path / "raw", tmp_path / "noisy",
+                                   tmp_path / "saliency.json", tmp_path / "report")
+    assert set(metrics) == {"cas", AUDITED}
+    assert set(metrics[AUDITED]["0.5"]["saliency"]) == {"fbeta_adaptive", "fbeta_weighted", "fbeta_max", "mae"}
