@@ -231,6 +231,16 @@ class DownloadParams(StrictModel):
 
 # --- noise ------------------------------------------------------------------------------------------------
 
+def decimal_rates(value: Any) -> Any:
+    """dvc.yaml's foreach names stages and paths by str(item): 0.0 -> "noise@0.0". Integers (0, 1) would
+    give "0" where rate_key() says "0.0", so rates are written as decimals."""
+    if isinstance(value, list):
+        for rate in value:
+            if not isinstance(rate, float):
+                raise ValueError(f"write every rate as a decimal (e.g. 0.0, 1.0), got {rate!r}")
+    return value
+
+
 class NoiseParams(StrictModel):
     dataset: str = "saliency"  # which downloaded data set gets low-fidelity copies
     rates: list[Probability] = Field(default_factory=lambda: [0.0, 0.5], min_length=1)
@@ -240,13 +250,7 @@ class NoiseParams(StrictModel):
     @field_validator("rates", mode="before")
     @classmethod
     def _decimal(cls, value: Any) -> Any:
-        # dvc.yaml's foreach names stages and paths by str(item): 0.0 -> "noise@0.0". Integers (0, 1) would
-        # give "0" where rate_key() says "0.0", so rates are written as decimals.
-        if isinstance(value, list):
-            for rate in value:
-                if not isinstance(rate, float):
-                    raise ValueError(f"write every rate as a decimal (e.g. 0.0, 1.0), got {rate!r}")
-        return value
+        return decimal_rates(value)
 
     @field_validator("rates")
     @classmethod
@@ -254,6 +258,19 @@ class NoiseParams(StrictModel):
         if len(set(value)) != len(value):
             raise ValueError(f"rates must be unique, got {value}")
         return value
+
+
+class AuditParams(StrictModel):
+    """``audit@<rate>`` (issue 16, beyond the papers): the CAS model of each noisy copy audits its train masks."""
+
+    min_score: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # flag when relabelled explains it better by more
+    grid_samples: Annotated[int, Field(ge=1, le=32)] = 4  # report grid: this many most and least confident flags
+    retrain_rates: list[Probability] = Field(default_factory=list)  # train_audited@<rate>: CE on the audited copy
+
+    @field_validator("retrain_rates", mode="before")
+    @classmethod
+    def _decimal(cls, value: Any) -> Any:
+        return decimal_rates(value)
 
 
 # --- models, tracking, training -------------------------------------------------------------------------
@@ -754,6 +771,7 @@ class Params(StrictModel):
     synthetic: SyntheticParams = SyntheticParams()
     download: DownloadParams
     noise: NoiseParams = NoiseParams()
+    audit: AuditParams = AuditParams()
     tracking: TrackingParams = TrackingParams()
     train_saliency: TrainSaliencyParams = TrainSaliencyParams()
     web: WebParams = Field(default_factory=_default_web)
@@ -784,6 +802,11 @@ class Params(StrictModel):
             if source.kind == "dataset" and source.name not in enabled:
                 raise ValueError(f"web.classes.{cls}.name {source.name!r} is not an enabled data set in "
                                  f"download.datasets; enabled: {sorted(enabled)}")
+        if "cas" not in self.train_saliency.losses:
+            raise ValueError("audit@<rate> runs each rate's CAS model: train_saliency.losses must hold 'cas'")
+        if set(self.audit.retrain_rates) - set(self.noise.rates):
+            raise ValueError(f"audit.retrain_rates {self.audit.retrain_rates} must be among noise.rates "
+                             f"{self.noise.rates}")
         synthetic_web = [n for n, s in self.web.classes.items() if s.kind == "synthetic"]
         if synthetic_web and "web" not in enabled:
             raise ValueError(f"web.classes {synthetic_web} come from the synthetic web set, but 'web' is not an "

@@ -27,6 +27,8 @@ from lofiseg.viz.figures import lines_figure, markdown_table, save_figure
 from lofiseg.viz.images import colorize_labels, image_grid, save_png
 from stages.cli import log, run, stage_parser, tracked_evaluation
 
+AUDITED = "ce-audited"  # models/saliency/ce-audited/<rate>: CE trained on data/audited/<rate>
+
 
 def table3(metrics: dict, losses: Sequence[str], rates: Sequence[str], eval_set: str) -> str:
     """The CAS paper's Table 3 layout: rows noise rate, columns loss, cells F-beta / MAE."""
@@ -71,6 +73,13 @@ def evaluate_saliency(params: Params, models_root: Path, raw: Path, noisy_root: 
                 metrics.setdefault(loss, {}).setdefault(rate, {})[name] = scores
                 log.info("saliency %s @ %s on %s: %s", loss, rate, name,
                          ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    for rate in rates:  # train_audited@<rate> (audit.retrain_rates): CE on the audited copy, when trained
+        bundle = models_root / AUDITED / rate / "model.pt"
+        if bundle.is_file():
+            model, info = load_bundle(bundle)
+            for name, dataset in sets.items():
+                metrics.setdefault(AUDITED, {}).setdefault(rate, {})[name] = score_saliency(
+                    model, info, dataset, cfg.batch_size)
     atomic_write_json(metrics_path, metrics)
 
     files = [metrics_path]

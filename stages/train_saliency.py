@@ -38,12 +38,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, required=True, help="data set with train/val splits")
     parser.add_argument("--out", type=Path, required=True, help="output folder of the model")
     parser.add_argument("--checkpoints", type=Path, default=Path(".checkpoints/train_saliency"))
+    parser.add_argument("--variant", default="", help="names a model on other data (audited: train_audited@<rate>)")
     args = parser.parse_args(argv)
     params = load_params(args.params)
     cfg = params.train_saliency
-    if args.loss not in cfg.losses:
+    if args.loss not in cfg.losses and not args.variant:
         raise SystemExit(f"error: --loss {args.loss!r} is not in train_saliency.losses {cfg.losses}")
-    name = f"{args.loss}-{rate_key(args.rate)}"
+    name = "-".join([args.loss, rate_key(args.rate), *([args.variant] if args.variant else [])])
 
     seed_everything(params.seed)
     device = resolve_device(cfg.device)
@@ -78,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         info = {"task": "saliency", "loss": args.loss, "noise_rate": args.rate, "channel": channel,
                 "image_size": cfg.image_size, "epochs": cfg.epochs,
                 "val": SaliencyMeter.of(probs[:, channel].numpy(), val.masks.numpy())}
+        info |= {"variant": args.variant} if args.variant else {}
         grid = qualitative_grid(val.images[:GRID_SAMPLES].permute(0, 2, 3, 1).numpy(), {
             "ground truth": [colorize_labels(m) for m in val.masks[:GRID_SAMPLES].numpy()],
             "prediction": probs[:GRID_SAMPLES, channel].numpy()})  # float: drawn as a grey score map

@@ -31,5 +31,5 @@ def test_default_run_leaves_out_the_studies_and_only_picks_by_name():
     assert "bench_cas" in default and "bench_regions" in default
     assert not set(default) & set(run_all.STUDIES)
     assert run_all.resolve(["crf", "bench_test_time"]) == ["bench_crf", "bench_test_time"]
-    with pytest.raises(ValueError, match="unknown benchmark 'nope'; known: bench_cas"):
+    with pytest.raises(ValueError, match="unknown benchmark 'nope'; known: bench_audit, bench_cas"):
         run_all.resolve(["nope"])

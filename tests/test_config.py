@@ -64,7 +64,7 @@ def test_unknown_nested_key_inside_dict_of_sections():
 
 
 def test_unknown_top_level_section():
-    with pytest.raises(ParamsError, match=r"trian: unknown key; allowed keys: download, evaluate, noise, orchestration, pseudo_label, registry, retrain, seed, synthetic, tracking, "
+    with pytest.raises(ParamsError, match=r"trian: unknown key; allowed keys: audit, download, evaluate, noise, orchestration, pseudo_label, registry, retrain, seed, synthetic, tracking, "
                        r"train_deeplab, train_regions, train_saliency, train_single, web"):
         parse_params(_params(trian={}))
 
