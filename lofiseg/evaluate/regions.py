@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lofiseg.data.decode_cache import cached_load_split
 from lofiseg.data.format import Dataset, Record, read_mask
 from lofiseg.data.layouts import ALT_MASKS_FIELD
-from lofiseg.data.loading import load_split
 from lofiseg.infer.regions import RegionEvaluator, RegionSettings, resize_labels, segment_images
 from lofiseg.models.bundle import load_bundle
 
@@ -45,7 +45,7 @@ def score_regions(model: torch.nn.Module, image_size: int, method: str, dataset:
     records = dataset.split("test")
     if not records:
         raise ValueError(f"{dataset.root}: data set {name!r} has no test split to score regions on")
-    split = load_split(dataset, records, image_size, with_masks=False, desc=f"load {name}")
+    split = cached_load_split(dataset, records, image_size, with_masks=False, desc=f"load {name}")
     labels = segment_images(model, method, split.images, settings, batch_size, desc=f"{method} on {name}")
     evaluator = RegionEvaluator()
     resized = []
