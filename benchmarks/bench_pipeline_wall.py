@@ -12,7 +12,7 @@ the topological order of ``dvc dag`` (ties in dvc.yaml's order), each as ``dvc r
 their upstream stages must be listed too. Start-up is ``python -m stages.<module> --help`` of the stage's
 command (interpreter, imports, params-free argument parsing), timed once per module in the clone: the part of
 each stage's seconds that is not its work. ``--flow`` times ``python -m flows.pipeline --max-parallel 2`` on a
-second fresh clone (the flow runs the whole DAG: not with ``--stages``).
+second fresh clone (with ``--stages``: ``--target`` each of their instances).
 """
 
 from __future__ import annotations
@@ -138,7 +138,8 @@ def report(commit: str, rows: Sequence[tuple[str, float, float]], noop: float, f
     lines.append(f"| **all stages, one by one** | {total:.1f} | 100% | {startup:.1f} |")
     lines.append(f"| no-op `dvc repro{' -s <these>' if subset else ''}` after | {noop:.1f} | | |")
     if flow is not None:
-        lines.append(f"| `python -m flows.pipeline --max-parallel 2` (fresh clone) | {flow:.1f} | | |")
+        what = " --target <these>" if subset else ""
+        lines.append(f"| `python -m flows.pipeline --max-parallel 2{what}` (fresh clone) | {flow:.1f} | | |")
     return "\n".join([
         "# Pipeline wall time from nothing", "",
         f"`python -m benchmarks.bench_pipeline_wall {' '.join(sys.argv[1:])}` at {commit}; fresh `git clone`, empty "
@@ -157,8 +158,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--keep", action="store_true", help="keep the clones (their logs are bench.log)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    if args.flow and args.stages:
-        parser.error("--flow runs the whole DAG: leave out --stages")
     venv = args.venv.resolve()
     if not (venv / "bin" / "dvc").is_file():
         parser.error(f"--venv {args.venv}: no bin/dvc in it")
@@ -176,8 +175,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         flow = None
         if args.flow:
             flow_repo = clone(commit, tmp / "flow", venv)
-            flow = timed([str(flow_repo / ".venv" / "bin" / "python"), "-m", "flows.pipeline", "--max-parallel", "2"],
-                         flow_repo, flow_repo / "bench.log")
+            targets = [arg for name in instances for arg in ("--target", name)] if args.stages else []
+            flow = timed([str(flow_repo / ".venv" / "bin" / "python"), "-m", "flows.pipeline", "--max-parallel", "2",
+                          *targets], flow_repo, flow_repo / "bench.log")
         text = report(commit, rows, noop, flow, bool(args.stages), load)
     finally:
         if args.keep:
