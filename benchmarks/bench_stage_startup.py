@@ -4,7 +4,7 @@ Run: ``.venv/bin/python -m benchmarks.bench_stage_startup [--baseline REF] [--re
 writes benchmarks/results/bench_stage_startup.md. Every stage is timed in fresh processes (the best of
 ``--repeats``); ``python -X importtime -c 'import stages.<name>'`` gives the import time of the stage module and
 which of torch, mlflow, prefect, dvc it loads. ``--baseline REF`` measures the same stages in a ``git archive``
-of REF too (before/after in one table, same machine and load).
+of REF too, alternating stage by stage (before/after in one table, same machine and load).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def help_seconds(root: Path, stage: str, repeats: int) -> float:
     for _ in range(repeats):
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", f"stages.{stage}", "--help"], cwd=root, check=True,
-                       stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+                       stdout=subprocess.DEVNULL)
         best = min(best, time.perf_counter() - start)
     return best
 
@@ -53,12 +53,15 @@ def import_profile(root: Path, stage: str) -> tuple[float, list[str]]:
     return own[0] / 1e6 if own else float("nan"), [name for name in HEAVY if name in loaded]
 
 
-def measure(root: Path, stages: Sequence[str], repeats: int) -> dict[str, tuple[float, float, list[str]]]:
-    out = {}
+def measure(roots: Sequence[Path], stages: Sequence[str], repeats: int) -> list[dict[str, tuple]]:
+    """Per root, stage -> (``--help`` seconds, import seconds, heavy packages); the roots alternate stage by
+    stage, so that a change in the machine's load falls on before and after alike."""
+    out: list[dict[str, tuple]] = [{} for _ in roots]
     for stage in stages:
-        seconds, heavy = import_profile(root, stage)
-        out[stage] = (help_seconds(root, stage, repeats), seconds, heavy)
-        print(f"{root.name}: {stage} {out[stage]}", flush=True)
+        for root, results in zip(roots, out, strict=True):
+            seconds, heavy = import_profile(root, stage)
+            results[stage] = (help_seconds(root, stage, repeats), seconds, heavy)
+            print(f"{root}: {stage} {results[stage]}", flush=True)
     return out
 
 
@@ -97,18 +100,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     stages = args.stages or stage_names(PROJECT)
-    before = None
-    if args.baseline:
-        with tempfile.TemporaryDirectory() as tmp:
-            before = measure(export(args.baseline, Path(tmp)), stages, args.repeats)
-    after = measure(PROJECT, stages, args.repeats)
+    with tempfile.TemporaryDirectory() as tmp:
+        roots = [PROJECT, *([export(args.baseline, Path(tmp))] if args.baseline else [])]
+        after, *rest = measure(roots, stages, args.repeats)
+    before = rest[0] if rest else None
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT, capture_output=True,
                             text=True).stdout.strip()
     text = "\n".join([
         "# Stage start-up", "",
         f"`python -m benchmarks.bench_stage_startup{' --baseline ' + args.baseline if args.baseline else ''}` "
         f"at {commit} (working tree), {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}; best of {args.repeats} runs of `python -m stages.<name> --help` "
+        f"Python {platform.python_version()}, load average at the end {os.getloadavg()[0]:.1f}; best of {args.repeats} runs of `python -m stages.<name> --help` "
         "(interpreter start, imports, argument parsing); import s: `-X importtime` of `import stages.<name>`.",
         "", *table(after, before), ""])
     atomic_write_text(args.out, text)
