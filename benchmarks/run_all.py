@@ -29,9 +29,13 @@ PROJECT = HERE.parent
 STUDIES = {
     "bench_semantic_levers": "trains the weakly supervised chain per variant; upper bound from models/deeplab/gt "
                              "(dvc repro); results end with hand-written findings",
+    "bench_decode_cache": "reads data/ (dvc repro) and, with --photos, a folder of photographs",
+    "bench_pipeline_wall": "runs the whole default pipeline from a fresh clone (many minutes; idle machine)",
     "bench_single_class": "trains the single-class models per variant (7-14 min measured); results end with "
                           "hand-written notes",
     "bench_single_seeds": "trains every web class per seed and variant; results end with hand-written findings",
+    "bench_stage_startup": "its results hold the before/after table of --baseline REF, which a run with the "
+                           "defaults would drop",
     "bench_test_time": "reads models/deeplab and data/ (dvc repro), trains DeepLabs for more seeds; results end "
                        "with hand-written findings",
     "saliency_cas_investigation": "18 training runs on data/noisy/0.5 (dvc repro), about 20 min",

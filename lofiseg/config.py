@@ -4,9 +4,11 @@ Stages call :func:`load_params` before any work; an unknown key, a wrong type or
 :class:`ParamsError` naming the key (``noise.rates[2]``) and what is allowed.
 
 This is the only module that knows params.yaml: the library takes its own settings objects (the dataclasses
-:class:`~lofiseg.losses.regularized.RegularizedLossSchedule`, :class:`~lofiseg.infer.regions.RegionSettings`,
-:class:`~lofiseg.infer.dense_crf.CRFParams`, or plain arguments), whose defaults are the defaults here; the
-params sections convert to them once (``schedule.loss_schedule()``, ``train_regions.region_settings()``, ...).
+:class:`~lofiseg.losses.regularized_schedule.RegularizedLossSchedule`,
+:class:`~lofiseg.infer.region_settings.RegionSettings`, :class:`~lofiseg.infer.crf_params.CRFParams`, or plain
+arguments), whose defaults are the defaults here; the params sections convert to them once
+(``schedule.loss_schedule()``, ``train_regions.region_settings()``, ...). Those settings modules are stdlib only:
+importing this schema imports no torch (tests/test_package_layers.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from urllib.parse import urlsplit
 
 if typing.TYPE_CHECKING:
     from lofiseg.evaluate.semantic import DeepLabScoring
+    from lofiseg.losses.regularized import CompleteRegularizedLoss
 
 import yaml
 from pydantic import (
@@ -35,18 +38,17 @@ from pydantic import (
     model_validator,
 )
 
-from lofiseg.infer.dense_crf import CRFParams
-from lofiseg.infer.regions import RegionSettings
-from lofiseg.losses.regularized import (
+from lofiseg.infer.crf_params import CRFParams
+from lofiseg.infer.region_settings import RegionSettings
+from lofiseg.losses.regularized_schedule import (
     BORDER_WIDTH,
     CENTER_SIZE,
     LAMBDA_S,
     VOLUMETRIC_MIN,
     VOLUMETRIC_TARGET,
-    CompleteRegularizedLoss,
     RegularizedLossSchedule,
 )
-from lofiseg.models.factory import (
+from lofiseg.models.catalog import (
     LITE0_ENCODERS,
     SMP_ARCHS,
     TINY_ARCH,
@@ -409,6 +411,8 @@ class RegularizedScheduleParams(StrictModel):
 
     def loss(self) -> CompleteRegularizedLoss:
         """Eq. 6 (+ Eq. 7) with this section's constants of Eq. 4 and 5 (the schedule sets the weights)."""
+        from lofiseg.losses.regularized import CompleteRegularizedLoss  # torch: only where a loss is built
+
         return CompleteRegularizedLoss(target_fraction=self.volumetric_target, min_fraction=self.volumetric_min,
                                        lambda_s=self.lambda_s, border_width=self.border_width,
                                        center_size=self.center_size, min_size_reduction=self.min_size_reduction)

@@ -22,8 +22,9 @@ import numpy as np
 from lofiseg.atomic import atomic_write_json, atomic_write_text
 from lofiseg.config import Params, load_params, rate_key
 from lofiseg.data.audited import relabel, write_audited_copy
+from lofiseg.data.decode_cache import cached_load_split
 from lofiseg.data.format import Dataset
-from lofiseg.data.loading import TensorSplit, load_split
+from lofiseg.data.loading import TensorSplit
 from lofiseg.infer.label_audit import AuditResult, audit_labels, binary_probs
 from lofiseg.infer.predict import predict_probs
 from lofiseg.metrics.flags import flag_scores
@@ -60,7 +61,7 @@ def audit(params: Params, rate: float, data_root: Path, model_dir: Path, out: Pa
     model, info = load_bundle(model_dir / "model.pt")
     data = Dataset(data_root)
     records = [r for r in data.split("train") if r.has_mask]
-    split = load_split(data, records, info["image_size"], desc="load train")
+    split = cached_load_split(data, records, info["image_size"], desc="load train")
     saliency = predict_probs(model, split, BATCH_SIZE)[:, info["channel"]]
     results = audit_labels(binary_probs(saliency), split.masks, params.audit.min_score)
     changed = write_audited_copy(data_root, out, {i: (r.permutation, r.score)

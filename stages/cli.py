@@ -12,7 +12,6 @@ from pathlib import Path
 from lofiseg.cli import USER_ERRORS, run
 from lofiseg.config import Params
 from lofiseg.provenance import standard_tags
-from lofiseg.track.tracker import Tracker
 
 __all__ = ["USER_ERRORS", "flatten_metrics", "log", "run", "stage_parser", "tracked_evaluation"]
 
@@ -41,6 +40,8 @@ def tracked_evaluation(params: Params, stage: str, inputs: Sequence[Path], task:
     """An evaluate stage's work inside its MLflow run (experiment ``<prefix>-evaluation``, run ``stage``): the
     metrics ``evaluate()`` returns, flattened under ``<task>.`` (finite numbers), and the files it wrote as
     artifacts under ``<task>/`` (a file in a subfolder of ``report`` keeps that subfolder)."""
+    from lofiseg.track.tracker import Tracker  # only the evaluate stages use it: the others start without it
+
     tags = {**standard_tags(".", [str(p) for p in inputs]), "lofiseg.stage": stage}
     with Tracker(f"{params.tracking.experiment_prefix}-evaluation", stage, tags=tags,
                  enabled=params.tracking.enabled, required=params.tracking.required) as tracker:

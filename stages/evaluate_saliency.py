@@ -18,8 +18,8 @@ import numpy as np
 
 from lofiseg.atomic import atomic_write_json, atomic_write_text
 from lofiseg.config import Params, load_params, rate_key
+from lofiseg.data.decode_cache import cached_load_split
 from lofiseg.data.format import Dataset
-from lofiseg.data.loading import load_split
 from lofiseg.evaluate.saliency import score_saliency
 from lofiseg.infer.predict import predict_probs
 from lofiseg.models.bundle import load_bundle
@@ -45,8 +45,8 @@ def noisy_label_grid(params: Params, models: dict, noisy_root: Path, count: int)
     clean = Dataset(noisy_root / rate_key(min(params.noise.rates)))
     train = sorted(noisy.split("train"), key=lambda r: (r.extra.get("noise_flipped") != "1", r.id))[:count]
     size = params.train_saliency.image_size
-    split = load_split(noisy, train, size, desc="load grid")
-    gt = load_split(clean, [clean[r.id] for r in train], size, desc="load grid gt").masks
+    split = cached_load_split(noisy, train, size, desc="load grid")
+    gt = cached_load_split(clean, [clean[r.id] for r in train], size, desc="load grid gt").masks
     preds = {loss: predict_probs(m, split, count)[:, info["channel"]]
              for loss, (m, info) in models.items() if info["noise_rate"] == float(rate)}
     rows = [[split.images[i].permute(1, 2, 0).numpy(), colorize_labels(gt[i].numpy()),

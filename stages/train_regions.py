@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from lofiseg.config import Params, TrainRegionsParams, load_params
+from lofiseg.data.decode_cache import cached_load_split
 from lofiseg.data.format import Dataset, dataset_digest
-from lofiseg.data.loading import load_split, random_flip
+from lofiseg.data.loading import random_flip
 from lofiseg.infer.regions import score_split
 from lofiseg.models.descriptor_heads import descriptor_kind, descriptor_model
 from lofiseg.models.factory import build_model
@@ -62,8 +63,8 @@ def train_regions(params: Params, method: str, raw: Path, out: Path, checkpoints
     device = resolve_device(cfg.device)
     data_root = raw / cfg.dataset
     data = Dataset(data_root)
-    train = load_split(data, data.split("train"), cfg.image_size, desc="load train")
-    val = load_split(data, data.split("val"), cfg.image_size, desc="load val")
+    train = cached_load_split(data, data.split("train"), cfg.image_size, desc="load train")
+    val = cached_load_split(data, data.split("val"), cfg.image_size, desc="load val")
     channels = output_channels(method, cfg)
     model = build_model(num_classes=channels, **cfg.model.model_dump())
     step = make_step(method, cfg)

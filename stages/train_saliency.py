@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lofiseg.config import load_params, rate_key
+from lofiseg.data.decode_cache import cached_load_split
 from lofiseg.data.format import Dataset, dataset_digest
-from lofiseg.data.loading import load_split, random_flip
+from lofiseg.data.loading import random_flip
 from lofiseg.infer.predict import predict_probs, saliency_channel
 from lofiseg.metrics.saliency import SaliencyMeter
 from lofiseg.models.channel import ChannelSelected
@@ -49,8 +50,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     seed_everything(params.seed)
     device = resolve_device(cfg.device)
     data = Dataset(args.data)
-    train = load_split(data, data.split("train"), cfg.image_size, desc="load train")
-    val = load_split(data, data.split("val"), cfg.image_size, desc="load val")
+    train = cached_load_split(data, data.split("train"), cfg.image_size, desc="load train")
+    val = cached_load_split(data, data.split("val"), cfg.image_size, desc="load val")
     model = build_model(num_classes=2, **cfg.model.model_dump())
     step = build_step(args.loss, **({"alpha": cfg.alpha} if args.loss == "cas" else {}))
     optimizer = build_optimizer(params=model.parameters(), lr=cfg.lr, **cfg.optimizer.model_dump())

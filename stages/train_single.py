@@ -21,9 +21,10 @@ from typing import Any
 import torch
 
 from lofiseg.config import Params, load_params
+from lofiseg.data.decode_cache import cached_load_split
 from lofiseg.data.format import Dataset, DatasetFormatError, dataset_digest, sha256_file
 from lofiseg.data.labels import require_class_records
-from lofiseg.data.loading import TensorSplit, load_split, random_flip
+from lofiseg.data.loading import TensorSplit, random_flip
 from lofiseg.models.bundle import load_bundle
 from lofiseg.models.factory import SegmentationModel, build_model
 from lofiseg.train.loop import epoch_batches, epoch_generator, resolve_device, seed_everything
@@ -154,7 +155,7 @@ def run_gt(params: Params, args: Any, device: torch.device) -> None:
         log.warning("class %r: %s", cls, why)
         return
     size = cfg.finetune.image_size if cfg.finetune.epochs > 0 else cfg.image_size  # the reg model's final size
-    split = load_split(dataset, records, size, with_masks=True, desc=f"load {cls} with masks")
+    split = cached_load_split(dataset, records, size, with_masks=True, desc=f"load {cls} with masks")
     split.masks = gt_labels(split.masks)
     batches = epoch_batches(split, cfg.batch_size, params.seed, [random_flip] if cfg.flip else [])
     info = {"class": cls, "supervision": "gt", "image_size": size, "channel": 1, "images": len(records)}

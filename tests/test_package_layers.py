@@ -8,6 +8,8 @@ the library's settings objects, and no library package imports it. Stages, flows
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,19 @@ LAYERS = (
     "config",      # the params schema: validates params.yaml, converts to the library's settings
     "cli",         # running a stage or command: user errors as messages
 )
+
+
+# What a module may leave out of sys.modules after its import (start-up cost: torch ~2 s, mlflow ~1.5 s). Stages
+# import mlflow (lofiseg.track) only where they track, prefect and dvc never.
+LIGHT_IMPORTS = {
+    "lofiseg.config": ("torch", "numpy", "mlflow", "prefect", "dvc"),  # the schema: settings are stdlib only
+    "stages.download": ("torch", "mlflow", "prefect", "dvc"),
+    "stages.noise": ("torch", "mlflow", "prefect", "dvc"),
+    "stages.web": ("torch", "mlflow", "prefect", "dvc"),
+    "stages.pseudo_gt": ("torch", "mlflow", "prefect", "dvc"),
+    "stages.register": ("torch", "mlflow", "prefect", "dvc"),
+    "stages.train_saliency": ("mlflow", "prefect", "dvc"),
+}
 
 
 def package_of(path: Path) -> str:
@@ -98,3 +113,13 @@ def test_the_layer_walk_sees_an_upward_import(tmp_path):
         assert lofiseg_imports(relative) == {"config", "data"}
     finally:
         relative.unlink()
+
+
+@pytest.mark.parametrize("module", sorted(LIGHT_IMPORTS))
+def test_importing_a_stage_leaves_out_what_it_does_not_use(module):
+    """Start-up cost: a fresh interpreter imports ``module`` and lists the heavy packages it pulled in."""
+    code = (f"import sys, {module}; heavy = {LIGHT_IMPORTS[module]!r}; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PROJECT,
+                          timeout=120)
+    assert done.stdout.strip() == "[]", f"import {module} loads {done.stdout.strip()}: import them where used"

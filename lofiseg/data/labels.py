@@ -14,20 +14,23 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-import torch
 
 from lofiseg.data.format import IGNORE, Dataset, DatasetFormatError, Record
+
+if TYPE_CHECKING:
+    import torch
 
 CLASSES_FILE = "classes.json"
 BACKGROUND = "background"
 
 
-Mask = TypeVar("Mask", np.ndarray, torch.Tensor)
+Mask = TypeVar("Mask", np.ndarray, "torch.Tensor")
 
 
 def _check_classes(name: str, classes: Sequence[str]) -> list[str]:
@@ -77,7 +80,8 @@ def remap_labels(mask: Mask, source_classes: Sequence[str], target_classes: Sequ
     """
     table = label_lookup(source_classes, target_classes, ignore, others)
     num_source = len(source_classes)
-    if isinstance(mask, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor exists only once torch is loaded: numpy callers never import it
+    if torch is not None and isinstance(mask, torch.Tensor):
         if mask.is_floating_point() or mask.dtype == torch.bool:
             raise TypeError(f"mask must hold integer ids, got dtype {mask.dtype}")
         values = mask.long()

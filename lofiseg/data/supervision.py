@@ -15,10 +15,11 @@ from pathlib import Path
 
 import torch
 
+from lofiseg.data.decode_cache import cached_load_split
 from lofiseg.data.format import IGNORE, Dataset, DatasetFormatError, Record
 from lofiseg.data.holdout import hold_out
 from lofiseg.data.labels import CLASSES_FILE, read_class_names, remap_labels, web_class
-from lofiseg.data.loading import TensorSplit, load_split
+from lofiseg.data.loading import TensorSplit
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def load_supervision(supervision: str, data_dir: Path, classes: Sequence[str], w
         raise ValueError(f"supervision must be one of {SUPERVISIONS}, got {supervision!r}")
     data = Dataset(root)
     train_records, val_records, val_source = split_records(data)
-    splits = [load_split(data, records, image_size, desc=f"load {name}")
+    splits = [cached_load_split(data, records, image_size, desc=f"load {name}")
               for records, name in ((train_records, "train"), (val_records, "val"))]
     for split in splits:
         check_labels(split, len(source), root)
@@ -144,7 +145,7 @@ def load_web_truth(root: Path, classes: Sequence[str], web_classes: Sequence[str
     train_records, val_records, val_source = split_records(data, labelled)
     splits = []
     for records, name in ((train_records, "train"), (val_records, "val")):
-        split = load_split(data, records, image_size, desc=f"load {name}")
+        split = cached_load_split(data, records, image_size, desc=f"load {name}")
         check_labels(split, 2, root)  # binary object masks: 0, 1 and 255 only
         ids = torch.tensor([list(classes).index(web_class(r, web_classes)) for r in records], dtype=split.masks.dtype)
         split.masks = torch.where(split.masks == 1, ids[:, None, None], split.masks)

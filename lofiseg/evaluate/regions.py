@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lofiseg.data.decode_cache import cached_load_split
 from lofiseg.data.format import Dataset, Record, read_mask
 from lofiseg.data.layouts import ALT_MASKS_FIELD
-from lofiseg.data.loading import load_split
 from lofiseg.evaluate.scored_split import records_to_score
 from lofiseg.infer.regions import RegionEvaluator, RegionSettings, resize_labels, segment_images
 from lofiseg.models.bundle import load_bundle
@@ -44,7 +44,7 @@ def score_regions(model: torch.nn.Module, image_size: int, method: str, dataset:
     """The ``split`` of ``dataset`` (called ``name``) segmented at ``image_size`` with ``method``'s inference
     routine and scored; also each label map resized (nearest) to its ground truth."""
     records = records_to_score(dataset, split, name)
-    loaded = load_split(dataset, records, image_size, with_masks=False, desc=f"load {name}")
+    loaded = cached_load_split(dataset, records, image_size, with_masks=False, desc=f"load {name}")
     labels = segment_images(model, method, loaded.images, settings, batch_size, desc=f"{method} on {name}")
     evaluator = RegionEvaluator()
     resized = []

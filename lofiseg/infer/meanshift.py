@@ -24,7 +24,6 @@ segments nested inside a coarse one become new segments (small objects), others 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -32,25 +31,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lofiseg.infer.bandwidth import chord_bandwidth, cosine_threshold  # noqa: F401  (importable from here too)
+
 Kind = Literal["projective", "euclidean"]
 UNIT_EPS = 1e-12
-
-
-def cosine_threshold(degrees: float) -> float:
-    """Flat projective kernel: neighbours have ``|f . m| >= cos(degrees)`` (45 degrees -> sqrt(2)/2)."""
-    _check_degrees(degrees)
-    return math.cos(math.radians(degrees))
-
-
-def chord_bandwidth(degrees: float) -> float:
-    """The same kernel as a Euclidean radius between sign-aligned unit vectors: 2 sin(theta / 2)."""
-    _check_degrees(degrees)
-    return 2.0 * math.sin(math.radians(degrees) / 2.0)
-
-
-def _check_degrees(degrees: float) -> None:
-    if not 0.0 < degrees < 90.0:
-        raise ValueError(f"bandwidth angle must lie in (0, 90) degrees, got {degrees}")
 
 
 def align_signs(points: Tensor, reference: Tensor) -> Tensor:

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from lofiseg.data.decode_cache import cached_load_split
 from lofiseg.data.format import Dataset, Record
-from lofiseg.data.loading import TensorSplit, iterate_batches, load_split, rescale_images
+from lofiseg.data.loading import TensorSplit, iterate_batches, rescale_images
 from lofiseg.models.channel import choose_foreground_channel
 
 
@@ -89,7 +90,7 @@ def predict_native(model: torch.nn.Module, dataset: Dataset, records: Sequence[R
                    scales: Sequence[float] = (1.0,), flip: bool = False) -> Iterator[tuple[Record, torch.Tensor]]:
     """Softmax probabilities (M, H, W) of each record's image at the record's own size: the model sees the
     image resized to its training size (times each of ``scales``), the maps are resized back (:func:`resize_probs`)."""
-    split = load_split(dataset, records, image_size, with_masks=False, desc=desc)
+    split = cached_load_split(dataset, records, image_size, with_masks=False, desc=desc)
     probs = predict_probs(model, split, batch_size, device=device, scales=scales, flip=flip)
     for record, prob in zip(records, probs, strict=True):
         with Image.open(dataset.root / record.image) as image:  # the header only: no second decode

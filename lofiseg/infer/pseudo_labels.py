@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from lofiseg.data.decode_cache import cached_load_split
 from lofiseg.data.format import IGNORE, Dataset, Record
-from lofiseg.data.loading import load_split
 from lofiseg.infer.dense_crf import CRFParams, dense_crf
 from lofiseg.infer.predict import predict_probs, resize_probs
 
@@ -74,7 +74,7 @@ def label_images(model: torch.nn.Module, dataset: Dataset, records: Sequence[Rec
     bar = tqdm(total=len(records), desc=f"pseudo_label {name}", unit="img", file=sys.stderr)
     for start in range(0, len(records), batch_size):
         chunk = records[start:start + batch_size]
-        split = load_split(dataset, chunk, image_size, with_masks=False, desc=f"load {name}")
+        split = cached_load_split(dataset, chunk, image_size, with_masks=False, desc=f"load {name}")
         probs = predict_probs(model, split, batch_size=batch_size, device=device)
         for record, sample_probs in zip(chunk, probs, strict=True):
             image = dataset.image(record)

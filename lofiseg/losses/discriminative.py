@@ -25,10 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from lofiseg.losses.ce import IGNORE_INDEX, at_least_float32, check_logits, check_mask
+from lofiseg.losses.discriminative_margins import DELTA_D, DELTA_V
 from lofiseg.losses.embedding import entity_index
-
-DELTA_V = 0.5
-DELTA_D = 1.5
 
 
 class DiscriminativeTerms(NamedTuple):

@@ -23,37 +23,36 @@ set a ``c x c`` box, ``w = c = 3`` (the code uses the background channel per str
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from lofiseg.losses.ce import at_least_float32, check_logits, zero_loss
+from lofiseg.losses.regularized_schedule import (  # the paper's constants and the schedule, importable from here
+    BORDER_WIDTH,
+    CENTER_SIZE,
+    DEFAULT_SIGMA,
+    LAMBDA_NEG,
+    LAMBDA_P,
+    LAMBDA_REG,
+    LAMBDA_S,
+    LAMBDA_V,
+    VOLUMETRIC_MIN,
+    VOLUMETRIC_TARGET,
+    RegularizedLossSchedule,  # noqa: F401
+    StageParams,
+    check_positive,
+    sigma_schedule,  # noqa: F401
+)
 
 FOREGROUND_CHANNEL = 1
-# The paper's constants, the one source of every default below (and of the params schema's defaults).
-DEFAULT_SIGMA = 0.15  # Eq. 2 colour scale of the normal stage (Sec. 3.4)
-LAMBDA_REG = 100.0  # Eq. 6 weights of the normal stage (Sec. 3.4)
-LAMBDA_V = 1.0
-LAMBDA_P = 1.0
-LAMBDA_NEG = 2.0  # Eq. 7 (Sec. 3.4)
-VOLUMETRIC_TARGET = 0.5  # Eq. 4: mean object size per batch
-VOLUMETRIC_MIN = 0.15  # Eq. 4: each object at least this size ...
-LAMBDA_S = 5.0  # ... with this weight
-BORDER_WIDTH = 3  # Eq. 5: w, the border strip
-CENTER_SIZE = 3  # Eq. 5: c, the centre box
 Reduction = Literal["mean", "none"]
 
 
 def _check_reduction(reduction: str) -> None:
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
-
-
-def _check_positive(name: str, value: float) -> None:
-    if not float(value) > 0.0:
-        raise ValueError(f"{name} must be > 0, got {value}")
 
 
 def _reduce(per_image: Tensor, reduction: str) -> Tensor:
@@ -95,7 +94,7 @@ def edge_weights(image: Tensor, sigma: float = DEFAULT_SIGMA) -> tuple[Tensor, T
 
     Returns ``(vertical, horizontal)`` of shapes ``(B, H - 1, W)`` and ``(B, H, W - 1)``.
     """
-    _check_positive("sigma", sigma)
+    check_positive("sigma", sigma)
     vertical = (image[:, :, 1:, :] - image[:, :, :-1, :]).square().sum(1)
     horizontal = (image[:, :, :, 1:] - image[:, :, :, :-1]).square().sum(1)
     scale = -1.0 / (2.0 * float(sigma) ** 2)
@@ -254,107 +253,12 @@ def complete_regularized_loss(
     return complete_regularized_terms(logits, image, negative, **params).total
 
 
-@dataclass(frozen=True)
-class StageParams:
-    """Loss parameters in force during one epoch of the two-stage training (Sec. 3.4)."""
-
-    stage: Literal["annealing", "normal", "negative"]
-    epoch: int
-    sigma: float
-    lambda_reg: float
-    lambda_v: float
-    lambda_p: float
-    lambda_neg: float
-
-
-@dataclass(frozen=True)
-class RegularizedLossSchedule:
-    """Annealing stage (Eq. 8: sigma rises, ``lambda_reg = lambda_v = lambda_p = 1``), then the normal stage
-    (``lambda_reg = 100``, ``sigma = sigma_end = 0.15``), then optionally the negative stage (the normal
-    stage plus negative images weighted by ``lambda_neg = 2``; ``lambda_neg`` is 0 before it, Sec. 3.4).
-
-    Epochs are 0-based: epochs ``0 .. annealing_epochs - 1`` anneal (step ``i = epoch + 1`` of Eq. 8).
-    ``sigma_rule="code"`` spaces sigma evenly from ``sigma_start`` to ``sigma_end`` inclusive (author's code);
-    ``"paper"`` uses Eq. 8 as printed, ``sigma_start + (i / n) (sigma_end - sigma_start)``.
-
-    Defaults are the paper's: 15 annealing and 50 normal epochs (Sec. 4.1); the negative stage (200 more
-    epochs with Eq. 7 in Sec. 3.4) is off unless asked for.
-    """
-
-    annealing_epochs: int = 15
-    normal_epochs: int = 50
-    negative_epochs: int = 0
-    sigma_start: float = 0.05
-    sigma_end: float = DEFAULT_SIGMA
-    annealing_lambda_reg: float = 1.0
-    normal_lambda_reg: float = LAMBDA_REG
-    lambda_v: float = LAMBDA_V
-    lambda_p: float = LAMBDA_P
-    lambda_neg: float = LAMBDA_NEG
-    sigma_rule: Literal["code", "paper"] = "code"
-
-    def __post_init__(self) -> None:
-        for name in ("annealing_epochs", "normal_epochs", "negative_epochs"):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        _check_positive("sigma_start", self.sigma_start)
-        _check_positive("sigma_end", self.sigma_end)
-        if self.sigma_rule not in ("code", "paper"):
-            raise ValueError(f"sigma_rule must be 'code' or 'paper', got {self.sigma_rule!r}")
-
-    @property
-    def total_epochs(self) -> int:
-        return self.annealing_epochs + self.normal_epochs + self.negative_epochs
-
-    def annealing_sigma(self, step: int) -> float:
-        """Sigma at annealing step ``1 <= step <= annealing_epochs`` (Eq. 8)."""
-        n = self.annealing_epochs
-        if not 1 <= step <= n:
-            raise ValueError(f"step must be in [1, {n}], got {step}")
-        if self.sigma_rule == "paper":
-            fraction = step / n
-        else:
-            fraction = (step - 1) / (n - 1) if n > 1 else 1.0
-        return self.sigma_start + fraction * (self.sigma_end - self.sigma_start)
-
-    def at(self, epoch: int) -> StageParams:
-        """The parameters for a 0-based ``epoch`` in ``[0, total_epochs)``."""
-        if not 0 <= epoch < self.total_epochs:
-            raise ValueError(f"epoch must be in [0, {self.total_epochs}), got {epoch}")
-        if epoch < self.annealing_epochs:
-            return StageParams(
-                "annealing",
-                epoch,
-                self.annealing_sigma(epoch + 1),
-                self.annealing_lambda_reg,
-                self.lambda_v,
-                self.lambda_p,
-                0.0,
-            )
-        stage: Literal["normal", "negative"] = (
-            "normal" if epoch < self.annealing_epochs + self.normal_epochs else "negative"
-        )
-        lambda_neg = self.lambda_neg if stage == "negative" else 0.0
-        return StageParams(
-            stage, epoch, self.sigma_end, self.normal_lambda_reg, self.lambda_v, self.lambda_p, lambda_neg
-        )
-
-    def stages(self) -> list[StageParams]:
-        """Every epoch's parameters, in order (for logging the whole schedule)."""
-        return [self.at(epoch) for epoch in range(self.total_epochs)]
-
-
-def sigma_schedule(epoch: int, schedule: RegularizedLossSchedule | None = None) -> StageParams:
-    """Parameters ``(sigma, lambda_reg, lambda_v, lambda_p, ...)`` of a 0-based epoch (default schedule)."""
-    return (schedule or RegularizedLossSchedule()).at(epoch)
-
-
 class SparseCRFLoss(nn.Module):
     """Module form of :func:`sparse_crf_loss`: ``loss(logits, image)``."""
 
     def __init__(self, sigma: float = DEFAULT_SIGMA, reduction: Reduction = "mean") -> None:
         super().__init__()
-        _check_positive("sigma", sigma)
+        check_positive("sigma", sigma)
         _check_reduction(reduction)
         self.sigma = float(sigma)
         self.reduction = reduction
@@ -439,7 +343,7 @@ class CompleteRegularizedLoss(nn.Module):
         min_size_reduction: Literal["mean", "sum"] = "mean",
     ) -> None:
         super().__init__()
-        _check_positive("sigma", sigma)
+        check_positive("sigma", sigma)
         if min_size_reduction not in ("mean", "sum"):
             raise ValueError(f"min_size_reduction must be 'mean' or 'sum', got {min_size_reduction!r}")
         self.sigma = float(sigma)
@@ -456,7 +360,7 @@ class CompleteRegularizedLoss(nn.Module):
 
     def set_stage(self, params: StageParams) -> None:
         """Adopt the sigma and weights of one schedule epoch."""
-        _check_positive("sigma", params.sigma)
+        check_positive("sigma", params.sigma)
         self.sigma = float(params.sigma)
         self.lambda_reg = float(params.lambda_reg)
         self.lambda_v = float(params.lambda_v)

@@ -20,6 +20,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lofiseg.models.catalog import (  # the names also stay importable from here
+    ENCODER_ALIASES,
+    LITE0_ENCODERS,
+    SMP_ARCHS,
+    SMP_ENCODERS,
+    TINY_ARCH,
+    TORCHVISION_ARCHS,
+    check_arch,
+    list_architectures,  # noqa: F401
+    list_encoders,  # noqa: F401
+)
 from lofiseg.models.encoder_weights import (
     WEIGHT_CHOICES,
     load_encoder_state,
@@ -33,47 +44,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # tf_efficientnet_lite0: mean = std = 0.5).
 LITE_MEAN = (0.5, 0.5, 0.5)
 LITE_STD = (0.5, 0.5, 0.5)
-
-TORCHVISION_ARCHS = {
-    "fcn_resnet50": "resnet50",
-    "fcn_resnet101": "resnet101",
-    "deeplabv3_resnet50": "resnet50",
-    "deeplabv3_resnet101": "resnet101",
-    "deeplabv3_mobilenet_v3_large": "mobilenet_v3_large",
-}
-SMP_ARCHS = ("unet", "deeplabv3plus")
-SMP_ENCODERS = (
-    "mobilenet_v2",
-    "resnext50_32x4d",
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "resnet101",
-    "resnet152",
-    "tu-tf_efficientnet_lite0",
-    "timm-tf_efficientnet_lite0",
-)
-# smp 0.6 deprecates its own "timm-" EfficientNet encoders in favour of timm-universal "tu-" ones; both build
-# offline, we build the "tu-" one for either spelling (the lite0 ImageNet weights load into it by name).
-ENCODER_ALIASES = {"timm-tf_efficientnet_lite0": "tu-tf_efficientnet_lite0"}
-LITE0_ENCODERS = ("tu-tf_efficientnet_lite0", "timm-tf_efficientnet_lite0")
-TINY_ARCH = "tiny_unet"
-
-
-def list_architectures() -> list[str]:
-    """Every architecture name :func:`build_model` accepts."""
-    return [*TORCHVISION_ARCHS, *SMP_ARCHS, TINY_ARCH]
-
-
-def list_encoders(arch: str) -> list[str]:
-    """Encoder names accepted for ``arch`` (empty when the architecture fixes its own backbone)."""
-    _check_arch(arch)
-    return list(SMP_ENCODERS) if arch in SMP_ARCHS else []
-
-
-def _check_arch(arch: str) -> None:
-    if arch not in list_architectures():
-        raise ValueError(f"arch must be one of {list_architectures()}, got {arch!r}")
 
 
 # --- tiny U-Net -------------------------------------------------------------------------------------------
@@ -271,7 +241,7 @@ def build_model(
     EfficientNet-Lite0 encoder) or a local .pt/.pth/.safetensors encoder state dict.
     width: base channels of ``tiny_unet``; encoder_depth: 3-5 stages for the smp architectures.
     """
-    _check_arch(arch)
+    check_arch(arch)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     weights = os.fspath(encoder_weights) if encoder_weights is not None else None

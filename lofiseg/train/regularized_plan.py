@@ -28,9 +28,10 @@ import torch
 from torch import Tensor
 
 from lofiseg.atomic import atomic_dir, atomic_write_json
+from lofiseg.data.decode_cache import cached_load_split
 from lofiseg.data.format import IGNORE, Dataset, Record, sha256_file
 from lofiseg.data.labels import negative_records
-from lofiseg.data.loading import Augment, TensorSplit, iterate_batches, load_split, to_float
+from lofiseg.data.loading import Augment, TensorSplit, iterate_batches, to_float
 from lofiseg.losses.regularized import CompleteRegularizedLoss, RegularizedLossSchedule, StageParams
 from lofiseg.models.bundle import load_bundle
 from lofiseg.models.factory import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel
@@ -215,7 +216,7 @@ def split_loader(dataset: Dataset, records: list[Record], desc: str) -> Callable
 
     def load(size: int) -> TensorSplit:
         if size not in cache:
-            cache[size] = load_split(dataset, records, size, with_masks=False, desc=f"{desc} {size}px")
+            cache[size] = cached_load_split(dataset, records, size, with_masks=False, desc=f"{desc} {size}px")
         return cache[size]
 
     return load
