@@ -5,14 +5,15 @@ Each method of ``train_regions.methods`` (model ``<models>/<method>/model.pt``) 
 its shorter side at the model's training size, with the method's inference routine
 (:mod:`lofiseg.infer.regions`); :mod:`lofiseg.evaluate.regions` resizes the label maps (nearest) to the ground
 truth and scores them with BSDS covering, Rand index, variation of information, boundary F (all human
-segmentations of a BSDS image; ODS and OIS over ``evaluate.regions_sweep``'s max_regions) and Dille et al.'s recall at IoU > 0.5, matched mIoU and boundary IoU.
+segmentations of a BSDS image; ODS and OIS over the max_regions of ``evaluate.regions_sweep``) and Dille et
+al.'s recall at IoU > 0.5, matched mIoU and boundary IoU.
 
 Outputs: ``metrics/regions.json`` shaped ``{method: {covering, rand_index, vi, boundary_f, recall50,
 miou_matched, boundary_iou}}`` (ODS; with a sweep also ``covering_ois``, ``rand_index_ois``, ``vi_ois``,
-``boundary_f_ois``) for the first set of ``evaluate.regions_sets``; further sets are nested in
-each method under their name (``{method: {..., "<set>": {covering, ...}}}``). ``<report>/table.md`` holds,
-per set, the CAS paper's Table 6 layout (contour and region metrics, ODS / OIS; without a sweep one
-segmentation per image, so ODS = OIS) and Dille et al.'s Table 2 layout (mIoU, B. IoU, recall, relative recall gain over the weakest
+``boundary_f_ois``) for the first set of ``evaluate.regions_sets``; further sets are nested in each method under
+their name (``{method: {..., "<set>": {covering, ...}}}``). ``<report>/table.md`` holds, per set, the CAS
+paper's Table 6 layout (contour and region metrics, ODS / OIS; without a sweep one segmentation per image, so
+ODS = OIS) and Dille et al.'s Table 2 layout (mIoU, B. IoU, recall, relative recall gain over the weakest
 method). ``<report>/grid.png``: image, ground truth and every method's regions in random colours. All of it
 is logged to MLflow (experiment ``<prefix>-evaluation``, run ``evaluate_regions``).
 """
