@@ -36,6 +36,7 @@ STUDIES = {
     "bench_single_seeds": "trains every web class per seed and variant; results end with hand-written findings",
     "bench_stage_startup": "its results hold the before/after table of --baseline REF, which a run with the "
                            "defaults would drop",
+    "bench_real_regions": "needs --data (BSDS500, e.g. ../shared/data/bsds500); trains the four region methods",
     "bench_test_time": "reads models/deeplab and data/ (dvc repro), trains DeepLabs for more seeds; results end "
                        "with hand-written findings",
     "saliency_cas_investigation": "18 training runs on data/noisy/0.5 (dvc repro), about 20 min",

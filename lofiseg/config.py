@@ -678,6 +678,8 @@ class EvaluateParams(StrictModel):
     semantic_sets: list[str] = Field(default_factory=lambda: ["scenes"])  # DeepLab mIoU on their test split
     regions_sets: list[str] = Field(default_factory=lambda: ["regions"])  # region metrics on their test split
     splits: dict[str, Split] = Field(default_factory=dict)  # data set -> the split scored instead of test (VOC: val)
+    # ODS / OIS over these max_regions (the clustering parameter, BSDS benchmark); [] = the model's own: ODS = OIS
+    regions_sweep: list[Annotated[int, Field(ge=1, le=255)]] = Field(default_factory=list)
     # DeepLab test-time inference: softmax averaged over the input resized by each factor (and mirrored with
     # semantic_flip), as DeepLab's multi-scale evaluation; [1.0] and false = one plain forward pass
     semantic_scales: list[ScaleFactor] = Field(default_factory=lambda: [1.0], min_length=1)

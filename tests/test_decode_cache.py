@@ -36,6 +36,7 @@ def assert_same(got, want) -> None:
     assert torch.equal(got.images, want.images) and got.images.dtype == torch.uint8
     assert (got.masks is None and want.masks is None) or torch.equal(got.masks, want.masks)
     assert got.ids == want.ids and got.tags == want.tags
+    assert (got.extents is None and want.extents is None) or torch.equal(got.extents, want.extents)
 
 
 def test_a_second_load_reads_the_cache_and_equals_decoding(tmp_path, cache, monkeypatch):

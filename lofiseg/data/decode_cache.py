@@ -65,9 +65,10 @@ def decode_cache_dir() -> Path | None:
 
 @functools.cache  # the code this process runs: read once
 def decoder_identity() -> str:
-    """sha256 of what turns file bytes into tensors: the decoding modules' source and the library versions."""
+    """sha256 of what turns file bytes into tensors and stores them: the modules' source and library versions."""
     digest = hashlib.sha256(f"PIL {PIL.__version__} numpy {np.__version__}".encode())
-    for source in (inspect.getfile(TensorSplit), inspect.getfile(Dataset)):  # loading.py, format.py
+    # loading.py and format.py decode; this module lays the entries out (a new layout must not read old ones)
+    for source in (inspect.getfile(TensorSplit), inspect.getfile(Dataset), __file__):
         digest.update(Path(source).read_bytes())
     return digest.hexdigest()
 
@@ -111,6 +112,22 @@ def _read(path: Path, leading: tuple[int, ...], ndim: int) -> torch.Tensor | Non
     return tensor
 
 
+def _read_extents(path: Path, count: int) -> torch.Tensor | None | bool:
+    """The (N, 2) extents stored beside an images entry, None when there are none (every image size x size),
+    False when the file is unreadable (then the entry is decoded again)."""
+    if not path.is_file():
+        return None
+    try:
+        extents = torch.load(path, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - like an unreadable entry: a miss
+        log.warning("decode cache: %s unreadable (%s), decoding again", path, exc)
+        return False
+    if not isinstance(extents, torch.Tensor) or tuple(extents.shape) != (count, 2):
+        log.warning("decode cache: %s holds unexpected extents, decoding again", path)
+        return False
+    return extents
+
+
 def _write(path: Path, tensor: torch.Tensor) -> None:
     buffer = io.BytesIO()
     torch.save(tensor.contiguous(), buffer)
@@ -131,11 +148,18 @@ def cached_load_split(dataset: Dataset, records: Sequence[Record], size: int, wi
     mask_key = entry_key("masks", _file_digests(dataset, records, "mask"), size, options) if with_masks else None
     images = _read(root / f"{image_key}.pt", (count, 3), ndim=4)
     masks = _read(root / f"{mask_key}.pt", (count,), ndim=3) if mask_key else None
+    extents_path = root / f"{image_key}.extents"  # only for images not all size x size (see load_split)
+    extents = _read_extents(extents_path, count) if images is not None else None
+    if extents is False:
+        images = None  # the images' extents are unreadable: decode again
     if images is None or (mask_key is not None and masks is None):
         split = load_split(dataset, records, size, with_masks, desc, **options)
         if images is None:
+            if split.extents is not None:  # before the images: an images entry never lacks its extents
+                _write(extents_path, split.extents)
             _write(root / f"{image_key}.pt", split.images)
         if mask_key is not None and masks is None:
             _write(root / f"{mask_key}.pt", split.masks)
         return split
-    return TensorSplit(images=images, masks=masks, ids=[r.id for r in records], tags=[r.tags for r in records])
+    return TensorSplit(images=images, masks=masks, ids=[r.id for r in records], tags=[r.tags for r in records],
+                       extents=extents)

@@ -1,8 +1,17 @@
 """From a data set folder to in-memory tensors and seeded mini-batches for training and evaluation.
 
-The default data sets are small, so a split is decoded once, resized to a square side and kept as uint8
-tensors; batches are converted to float on the fly. Masks are never opened unless asked for
-(``with_masks=False`` for image-level supervision).
+The default data sets are small, so a split is decoded once, resized and kept as uint8 tensors; batches are
+converted to float on the fly. Masks are never opened unless asked for (``with_masks=False`` for image-level
+supervision).
+
+Resizing (``load_split``'s ``resize``): ``shorter_side`` (default) scales each image so its shorter side is
+``size``, keeping its aspect ratio, as the papers do; ``square`` squashes it to ``size`` x ``size``. Images of
+different shapes share one uint8 canvas (top-left aligned, image 0 and mask 255 = ignore in the rest), with each
+image's valid extent (height, width) in ``TensorSplit.extents``: one tensor keeps batching and indexing as fast
+as the square case, at the cost of the padding (at most the longest side squared per image). Shuffled (training)
+batches of such a split are random ``size`` x ``size`` crops inside each image; ordered (evaluation) batches are
+the whole canvas. A square image at ``size`` is the same under both modes, and a split whose images all end up
+``size`` x ``size`` has no extents: then batches are exactly those of ``square``.
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -19,56 +29,97 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from lofiseg.data.format import Dataset, Record
+from lofiseg.data.format import IGNORE, Dataset, Record
 
 Augment = Callable[[dict[str, torch.Tensor], torch.Generator], dict[str, torch.Tensor]]
+Resize = Literal["square", "shorter_side"]
+RESIZE_MODES: tuple[Resize, ...] = ("square", "shorter_side")
 
 
 @dataclass
 class TensorSplit:
-    """A decoded split: images (N, 3, S, S) uint8, masks (N, S, S) uint8 or None, ids, tags."""
+    """A decoded split: images (N, 3, H, W) uint8, masks (N, H, W) uint8 or None, ids, tags; ``extents``
+    (N, 2) long: each image's valid (height, width) at the canvas' top-left, None when every image fills it."""
 
     images: torch.Tensor
     masks: torch.Tensor | None
     ids: list[str]
     tags: list[tuple[str, ...]]
+    extents: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def crop_size(self) -> int:
+        """The side of a training crop: the shortest valid side (the load size under ``shorter_side``)."""
+        return int(self.extents.min()) if self.extents is not None else min(self.images.shape[-2:])
+
+    def extent(self, index: int) -> tuple[int, int]:
+        """The valid (height, width) of image ``index``."""
+        if self.extents is None:
+            return tuple(self.images.shape[-2:])
+        height, width = self.extents[index].tolist()
+        return height, width
+
     def subset(self, index: Sequence[int]) -> TensorSplit:
         idx = torch.as_tensor(list(index), dtype=torch.long)
         return TensorSplit(self.images[idx], None if self.masks is None else self.masks[idx],
-                           [self.ids[i] for i in idx.tolist()], [self.tags[i] for i in idx.tolist()])
+                           [self.ids[i] for i in idx.tolist()], [self.tags[i] for i in idx.tolist()],
+                           None if self.extents is None else self.extents[idx])
 
 
-def _resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    if image.shape[:2] == (size, size):
+def resized_shape(height: int, width: int, size: int, resize: Resize) -> tuple[int, int]:
+    """(height, width) of an image once resized: ``size`` x ``size``, or its shorter side to ``size``."""
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+    if resize == "square":
+        return size, size
+    scale = size / min(height, width)
+    return max(size, round(height * scale)), max(size, round(width * scale))
+
+
+def _resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    if image.shape[:2] == shape:
         return image
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+    return np.asarray(Image.fromarray(image).resize(shape[::-1], Image.BILINEAR))
 
 
-def _resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    if mask.shape == (size, size):
+def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    if mask.shape == shape:
         return mask
-    return np.asarray(Image.fromarray(mask).resize((size, size), Image.NEAREST))
+    return np.asarray(Image.fromarray(mask).resize(shape[::-1], Image.NEAREST))
+
+
+def _canvas(arrays: list[np.ndarray], shape: tuple[int, int], fill: int) -> np.ndarray:
+    """``arrays`` stacked at the top-left of a (N, *shape, ...) canvas filled with ``fill``."""
+    out = np.full((len(arrays), *shape, *arrays[0].shape[2:]), fill, dtype=np.uint8)
+    for i, array in enumerate(arrays):
+        out[i, :array.shape[0], :array.shape[1]] = array
+    return out
 
 
 def load_split(dataset: Dataset, records: Sequence[Record], size: int, with_masks: bool = True,
-               desc: str | None = None) -> TensorSplit:
-    """Decode ``records`` of ``dataset`` at ``size`` x ``size`` (bilinear images, nearest masks)."""
+               desc: str | None = None, resize: Resize = "shorter_side") -> TensorSplit:
+    """Decode ``records`` of ``dataset`` resized by ``resize`` to ``size`` (bilinear images, nearest masks; see
+    the module docstring for the canvas and extents)."""
     if not records:
         raise ValueError(f"{dataset.root}: no samples selected")
     images, masks = [], []
     for record in tqdm(records, desc=desc or f"load {dataset.root.name}", unit="img", leave=False, file=sys.stderr):
-        images.append(_resize_image(dataset.image(record), size))
+        image = dataset.image(record)
+        shape = resized_shape(*image.shape[:2], size, resize)
+        images.append(_resize_image(image, shape))
         if with_masks:
-            masks.append(_resize_mask(dataset.mask(record), size))
+            masks.append(_resize_mask(dataset.mask(record), shape))
+    extents = torch.tensor([image.shape[:2] for image in images], dtype=torch.long)
+    canvas = tuple(extents.max(dim=0).values.tolist())
     return TensorSplit(
-        images=torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
-        masks=torch.from_numpy(np.stack(masks)) if with_masks else None,
+        images=torch.from_numpy(_canvas(images, canvas, 0)).permute(0, 3, 1, 2).contiguous(),
+        masks=torch.from_numpy(_canvas(masks, canvas, IGNORE)) if with_masks else None,
         ids=[r.id for r in records],
         tags=[r.tags for r in records],
+        extents=None if bool((extents == size).all()) else extents,
     )
 
 
@@ -178,20 +229,43 @@ def random_mosaic(batch: dict[str, torch.Tensor], generator: torch.Generator,
     return out
 
 
+def random_crops(split: TensorSplit, idx: torch.Tensor,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """uint8 images (B, 3, C, C) and masks (B, C, C) of samples ``idx``: one random C x C window
+    (C = ``split.crop_size``) inside each image's valid extent, offsets uniform, images and masks alike."""
+    side = split.crop_size
+    room = split.extents[idx] - side + 1  # (B, 2): number of valid offsets along rows, columns
+    offsets = (torch.rand(room.shape, generator=generator) * room).long()
+    steps = torch.arange(side)
+    rows = (offsets[:, 0, None] + steps)[:, :, None]  # (B, C, 1)
+    cols = (offsets[:, 1, None] + steps)[:, None, :]  # (B, 1, C)
+    sample = idx[:, None, None]
+    images = split.images[sample, :, rows, cols].permute(0, 3, 1, 2)  # advanced indices first: (B, C, C, 3)
+    masks = None if split.masks is None else split.masks[sample, rows, cols]
+    return images, masks
+
+
 def iterate_batches(split: TensorSplit, batch_size: int, generator: torch.Generator | None = None,
                     shuffle: bool = False, augment: Sequence[Augment] = (),
                     extra: dict[str, torch.Tensor] | None = None) -> Iterator[dict[str, torch.Tensor]]:
-    """Mini-batches ``{"image": float (B,3,S,S), "mask": long (B,S,S), "index": long (B,)}``.
+    """Mini-batches ``{"image": float (B,3,H,W), "mask": long (B,H,W), "index": long (B,)}``.
 
-    ``extra`` holds per-sample tensors (first dim N) sliced along with the batch.
+    Shuffled batches of a split with extents are :func:`random_crops` (drawn from ``generator`` after the
+    order, before ``augment``); ordered batches are whole canvases. ``extra`` holds per-sample tensors (first
+    dim N) sliced along with the batch.
     """
     n = len(split)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    crop = shuffle and split.extents is not None
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size]
-        batch: dict[str, torch.Tensor] = {"image": to_float(split.images[idx]), "index": idx}
-        if split.masks is not None:
-            batch["mask"] = split.masks[idx].long()
+        if crop:
+            images, masks = random_crops(split, idx, generator if generator is not None else torch.Generator().manual_seed(0))
+        else:
+            images, masks = split.images[idx], None if split.masks is None else split.masks[idx]
+        batch: dict[str, torch.Tensor] = {"image": to_float(images), "index": idx}
+        if masks is not None:
+            batch["mask"] = masks.long()
         for key, value in (extra or {}).items():
             batch[key] = value[idx]
         for aug in augment:

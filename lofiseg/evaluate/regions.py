@@ -1,6 +1,7 @@
-"""Class-agnostic region models scored on a test split: BSDS covering, Rand index, variation of information,
-boundary F (against every human segmentation of a BSDS image) and Dille et al.'s recall at IoU > 0.5, matched
-mIoU and boundary IoU (:class:`lofiseg.infer.regions.RegionEvaluator`)."""
+"""Class-agnostic region models scored on a split (test by default; BSDS500 has val): BSDS covering, Rand
+index, variation of information, boundary F (against every human segmentation of a BSDS image, at ODS and OIS
+over a sweep of region counts) and Dille et al.'s recall at IoU > 0.5, matched mIoU and boundary IoU
+(:class:`lofiseg.infer.regions.RegionEvaluator`)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from lofiseg.data.decode_cache import cached_load_split
 from lofiseg.data.format import Dataset, Record, read_mask
 from lofiseg.data.layouts import ALT_MASKS_FIELD
 from lofiseg.evaluate.scored_split import records_to_score
-from lofiseg.infer.regions import RegionEvaluator, RegionSettings, resize_labels, segment_images
+from lofiseg.infer.regions import RegionEvaluator, RegionSettings, resize_labels, segment_candidates
 from lofiseg.models.bundle import load_bundle
 
 log = logging.getLogger(__name__)
@@ -40,35 +41,40 @@ def load_region_model(path: Path, method: str) -> tuple[torch.nn.Module, dict]:
 
 
 def score_regions(model: torch.nn.Module, image_size: int, method: str, dataset: Dataset, name: str,
-                  settings: RegionSettings, batch_size: int, split: str = "test") -> tuple[Scores, list[np.ndarray]]:
-    """The ``split`` of ``dataset`` (called ``name``) segmented at ``image_size`` with ``method``'s inference
-    routine and scored; also each label map resized (nearest) to its ground truth."""
+                  settings: RegionSettings, batch_size: int, split: str = "test",
+                  sweep: Sequence[int] = ()) -> tuple[Scores, list[np.ndarray]]:
+    """The ``split`` of ``dataset`` (called ``name``) segmented with ``method``'s inference routine (shorter
+    side at ``image_size``, each whole image) and scored against every human segmentation; with a ``sweep`` of
+    region counts, at ODS and OIS over them (:func:`lofiseg.infer.regions.segment_candidates`). Also each
+    image's label map at the model's own setting, resized (nearest) to its ground truth."""
     records = records_to_score(dataset, split, name)
-    loaded = cached_load_split(dataset, records, image_size, with_masks=False, desc=f"load {name}")
-    labels = segment_images(model, method, loaded.images, settings, batch_size, desc=f"{method} on {name}")
+    images = cached_load_split(dataset, records, image_size, with_masks=False, desc=f"load {name}")
+    candidates = segment_candidates(model, method, images.images, settings, sweep, batch_size,
+                                    desc=f"{method} on {name}", extents=images.extents)
     evaluator = RegionEvaluator()
     resized = []
-    for record, pred in zip(records, labels, strict=True):
+    for record, preds in zip(records, candidates, strict=True):
         gts = ground_truths(dataset, record)
-        evaluator.update(pred, gts)
-        resized.append(resize_labels(pred, gts[0].shape))
+        evaluator.update(preds, gts)
+        resized.append(resize_labels(preds[0], gts[0].shape))
     return evaluator.compute(), resized
 
 
 def score_region_models(models_root: Path, methods: Sequence[str], sets: Mapping[str, Dataset],
-                        settings_for: Callable[[dict], RegionSettings], batch_size: int,
-                        grid_samples: int, splits: Mapping[str, str] | None = None,
+                        settings_for: Callable[[dict], RegionSettings], batch_size: int, grid_samples: int,
+                        splits: Mapping[str, str] | None = None, sweep: Sequence[int] = (),
                         ) -> tuple[dict[str, dict[str, Scores]], dict[str, list[np.ndarray]]]:
     """Every method's model ``models_root/<method>/model.pt`` on every set: ({set: {method: scores}},
     {method: its first ``grid_samples`` label maps on the first set}). ``settings_for(info)`` gives a model's
-    inference settings from its bundle info; ``splits``: the split scored per set (default test)."""
+    inference settings from its bundle info; ``splits``: the split scored per set (default test); ``sweep``: see
+    :func:`score_regions`."""
     by_set: dict[str, dict[str, Scores]] = {name: {} for name in sets}
     grid_labels: dict[str, list[np.ndarray]] = {}
     for method in methods:
         model, info = load_region_model(models_root / method / "model.pt", method)
         for index, (name, dataset) in enumerate(sets.items()):
             scores, labels = score_regions(model, info["image_size"], method, dataset, name, settings_for(info),
-                                           batch_size, (splits or {}).get(name, "test"))
+                                           batch_size, (splits or {}).get(name, "test"), sweep)
             by_set[name][method] = scores
             if index == 0:
                 grid_labels[method] = labels[:grid_samples]

@@ -10,7 +10,7 @@ from PIL import Image
 
 from lofiseg.data.decode_cache import cached_load_split
 from lofiseg.data.format import Dataset, Record
-from lofiseg.data.loading import TensorSplit, iterate_batches, rescale_images
+from lofiseg.data.loading import TensorSplit, rescale_images, to_float
 from lofiseg.models.channel import choose_foreground_channel
 
 
@@ -48,19 +48,39 @@ def multi_scale_probs(model: torch.nn.Module, images: torch.Tensor, scales: Sequ
     return total / count
 
 
+def extent_groups(split: TensorSplit, batch_size: int) -> Iterator[tuple[torch.Tensor, int, int]]:
+    """(indices, height, width): the images of ``split`` of one valid extent, ``batch_size`` at a time, so that
+    a model sees each whole image, and nothing but it (the model pads to its stride and crops back)."""
+    if split.extents is None:
+        height, width = split.images.shape[-2:]
+        for start in range(0, len(split), batch_size):
+            yield torch.arange(start, min(start + batch_size, len(split))), height, width
+        return
+    shapes, inverse = split.extents.unique(dim=0, return_inverse=True)
+    for group, (height, width) in enumerate(shapes.tolist()):
+        members = (inverse == group).nonzero().flatten()
+        for start in range(0, len(members), batch_size):
+            yield members[start:start + batch_size], height, width
+
+
 @torch.no_grad()
 def predict_probs(model: torch.nn.Module, split: TensorSplit, batch_size: int = 32,
                   device: torch.device | str = "cpu", scales: Sequence[float] = (1.0,),
                   flip: bool = False) -> torch.Tensor:
-    """Softmax probabilities (N, M, S, S) of ``model`` on every image of ``split``, on the CPU (``scales`` and
-    ``flip``: see :func:`multi_scale_probs`)."""
+    """Softmax probabilities (N, M, H, W) of ``model`` on every image of ``split``, on the CPU, each image
+    predicted at its own extent (:func:`extent_groups`; 0 outside it on the canvas). ``scales`` and ``flip``:
+    see :func:`multi_scale_probs`."""
     was_training = model.training
     model.eval()
-    out = []
-    for batch in iterate_batches(split, batch_size):
-        out.append(multi_scale_probs(model, batch["image"].to(device), scales, flip).cpu())
+    out: torch.Tensor | None = None
+    for idx, height, width in extent_groups(split, batch_size):
+        images = to_float(split.images[idx, :, :height, :width].to(device))
+        probs = multi_scale_probs(model, images, scales, flip).cpu()
+        if out is None:
+            out = probs.new_zeros(len(split), probs.shape[1], *split.images.shape[-2:])
+        out[idx, :, :height, :width] = probs
     model.train(was_training)
-    return torch.cat(out)
+    return out
 
 
 def saliency_channel(loss: str, probs: torch.Tensor, masks: torch.Tensor | None) -> int:
@@ -78,7 +98,7 @@ def saliency_channel(loss: str, probs: torch.Tensor, masks: torch.Tensor | None)
 
 
 def resize_probs(probs: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(M, S, S) probabilities -> (M, height, width), bilinear (a convex combination: still sums to 1); the
+    """(M, h, w) probabilities -> (M, height, width), bilinear (a convex combination: still sums to 1); the
     same tensor when it already has that size."""
     if probs.shape[-2:] == (height, width):
         return probs
@@ -89,10 +109,12 @@ def predict_native(model: torch.nn.Module, dataset: Dataset, records: Sequence[R
                    batch_size: int = 32, device: torch.device | str = "cpu", desc: str = "predict",
                    scales: Sequence[float] = (1.0,), flip: bool = False) -> Iterator[tuple[Record, torch.Tensor]]:
     """Softmax probabilities (M, H, W) of each record's image at the record's own size: the model sees the
-    image resized to its training size (times each of ``scales``), the maps are resized back (:func:`resize_probs`)."""
+    whole image with its shorter side resized to its training size (times each of ``scales``), the maps are cut
+    to the image's extent and resized back (:func:`resize_probs`)."""
     split = cached_load_split(dataset, records, image_size, with_masks=False, desc=desc)
     probs = predict_probs(model, split, batch_size, device=device, scales=scales, flip=flip)
-    for record, prob in zip(records, probs, strict=True):
+    for index, (record, prob) in enumerate(zip(records, probs, strict=True)):
         with Image.open(dataset.root / record.image) as image:  # the header only: no second decode
             width, height = image.size
-        yield record, resize_probs(prob, height, width)
+        valid_height, valid_width = split.extent(index)
+        yield record, resize_probs(prob[:, :valid_height, :valid_width], height, width)

@@ -76,10 +76,12 @@ def label_images(model: torch.nn.Module, dataset: Dataset, records: Sequence[Rec
         chunk = records[start:start + batch_size]
         split = cached_load_split(dataset, chunk, image_size, with_masks=False, desc=f"load {name}")
         probs = predict_probs(model, split, batch_size=batch_size, device=device)
-        for record, sample_probs in zip(chunk, probs, strict=True):
+        for index, (record, sample_probs) in enumerate(zip(chunk, probs, strict=True)):
             image = dataset.image(record)
             height, width = image.shape[:2]
-            foreground = resize_probs(sample_probs[channel:channel + 1], height, width)[0]
+            valid_height, valid_width = split.extent(index)
+            foreground = resize_probs(sample_probs[channel:channel + 1, :valid_height, :valid_width], height,
+                                      width)[0]
             yield record, pseudo_label(foreground.clamp(0.0, 1.0), class_id, confidence, image=image, crf=crf)
             bar.update(1)
     bar.close()

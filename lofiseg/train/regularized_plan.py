@@ -31,7 +31,7 @@ from lofiseg.atomic import atomic_dir, atomic_write_json
 from lofiseg.data.decode_cache import cached_load_split
 from lofiseg.data.format import IGNORE, Dataset, Record, sha256_file
 from lofiseg.data.labels import negative_records
-from lofiseg.data.loading import Augment, TensorSplit, iterate_batches, to_float
+from lofiseg.data.loading import Augment, TensorSplit, iterate_batches, random_crops, to_float
 from lofiseg.losses.regularized import CompleteRegularizedLoss, RegularizedLossSchedule, StageParams
 from lofiseg.models.bundle import load_bundle
 from lofiseg.models.factory import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel
@@ -82,9 +82,8 @@ def paired_batches(positives: TensorSplit, negatives: TensorSplit | None, batch_
                          "sees ground truth")
     order = None
     if negatives is not None:
-        if negatives.images.shape[-2:] != positives.images.shape[-2:]:
-            raise ValueError(f"negatives have size {tuple(negatives.images.shape[-2:])}, positives "
-                             f"{tuple(positives.images.shape[-2:])}")
+        if negatives.crop_size != positives.crop_size:
+            raise ValueError(f"negatives have size {negatives.crop_size}, positives {positives.crop_size}")
         order = negative_indices(len(negatives), len(positives), generator)
     start = 0
     for batch in iterate_batches(positives, batch_size, generator, shuffle=True):
@@ -93,7 +92,9 @@ def paired_batches(positives: TensorSplit, negatives: TensorSplit | None, batch_
         if order is not None:
             picked = order[start:start + size]
             start += size
-            batch["image"] = torch.cat([batch["image"], to_float(negatives.images[picked])])
+            chosen = (negatives.images[picked] if negatives.extents is None
+                      else random_crops(negatives, picked, generator)[0])
+            batch["image"] = torch.cat([batch["image"], to_float(chosen)])
             flags = torch.cat([flags, torch.ones(len(picked), dtype=torch.bool)])
         batch["negative"] = flags
         for aug in augment:

@@ -8,14 +8,15 @@ from lofiseg.viz.figures import markdown_table
 
 
 def contour_region_table(scores: Mapping[str, Mapping[str, float]]) -> str:
-    """CAS paper Table 6 layout: contour F and region metrics, ODS and OIS, one row per method (one
-    segmentation per image, so ODS = OIS)."""
+    """CAS paper Table 6 layout: contour F and region metrics, ODS and OIS, one row per method (OIS: the
+    ``<metric>_ois`` key; without it one segmentation per image, so ODS = OIS)."""
     header = ["method", "F-meas. ODS", "F-meas. OIS", "GT-cov. ODS", "GT-cov. OIS", "Rand. Index ODS",
               "Rand. Index OIS", "Var. Info. ODS", "Var. Info. OIS"]
     rows = []
     for method, s in scores.items():
-        cells = [s["boundary_f"], s["covering"], s["rand_index"], s["vi"]]
-        rows.append([method] + [f"{v:.2f}" for v in cells for _ in range(2)])
+        cells = [s[key] for name in ("boundary_f", "covering", "rand_index", "vi")
+                 for key in (name, name + "_ois" if name + "_ois" in s else name)]
+        rows.append([method] + [f"{v:.2f}" for v in cells])
     return markdown_table(header, rows)
 
 
