@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from lofiseg.config import Params, load_params
 from lofiseg.data.augment import augment_settings, augmentations
@@ -39,13 +38,13 @@ from lofiseg.infer.predict import predict_probs, saliency_channel
 from lofiseg.losses.regularized import StageParams
 from lofiseg.metrics.saliency import SaliencyMeter
 from lofiseg.models.factory import build_model
+from lofiseg.train.distributed import DistContext
 from lofiseg.train.loop import epoch_batches, epoch_generator
 from lofiseg.train.optim import build_optimizer
 from lofiseg.train.regularized_plan import EpochPlan, RegularizedTraining, loss_image
-from lofiseg.train.run import RunIdentity, TrainingRun
+from lofiseg.train.run import RunIdentity, TrainingRun, periodic
 from lofiseg.train.steps import build_step
 from lofiseg.train.validation import semantic_eval, val_metrics
-from lofiseg.train.distributed import DistContext
 
 RESULTS = Path(__file__).parent / "results" / "bench_train_throughput.md"
 
@@ -64,7 +63,7 @@ class Case:
 
 CASES = [
     Case("saliency unet 64 px (cas)", "train_saliency", 64, 64, 16, 2),
-    Case("saliency unet 128 px (cas)", "train_saliency", 128, 64, 16, 2),
+    Case("saliency unet 128 px (cas)", "train_saliency", 128, 32, 8, 2),
     Case("single-class regularized 64 px", "train_single", 64, 48, 0, 2),
     Case("deeplab 64 px (ce)", "train_deeplab", 64, 48, 12, 5),
 ]
@@ -94,7 +93,7 @@ class Setup:
         self.batch_size = cfg.batch_size
         self.model = build_model(num_classes=case.classes, **cfg.model.model_dump())
         self.optimizer = build_optimizer(params=self.model.parameters(), lr=cfg.lr, **cfg.optimizer.model_dump())
-        self.amp = cfg.amp
+        self.runner = cfg.runner()  # amp, channels_last, cudnn_benchmark as params.yaml sets them
         self.evaluate: Callable | None = None
         device = torch.device("cpu")
         if case.section == "train_single":
@@ -123,7 +122,7 @@ class Setup:
                 augment = [random_flip] if cfg.flip else []
                 model = self.model
 
-                def validate(epoch: int, metrics: dict[str, float]) -> dict[str, float]:
+                def validate_all(epoch: int, metrics: dict[str, float]) -> dict[str, float]:
                     probs = predict_probs(model, val, device=device)
                     channel = saliency_channel("cas", probs, val.masks)
                     scores = SaliencyMeter.of(probs[:, channel].numpy(), val.masks.numpy())
@@ -134,11 +133,11 @@ class Setup:
                 names = [f"c{i}" for i in range(case.classes)]
                 model = self.model
 
-                def validate(epoch: int, metrics: dict[str, float]) -> dict[str, float]:
+                def validate_all(epoch: int, metrics: dict[str, float]) -> dict[str, float]:
                     scores = val_metrics(semantic_eval(model, val, case.classes, cfg.batch_size, device,
                                                        DistContext()), names)
                     return {"val_miou": scores["miou"], "val_pixel_acc": scores["pixel_acc"]}
-            self.evaluate = validate
+            self.evaluate = periodic(validate_all, cfg.validate_every, epochs)  # as the stages do
             self.batches = epoch_batches(train, cfg.batch_size, params.seed, augment)
             self.steps_per_epoch = -(-case.train // cfg.batch_size)
             step_loss = self.step.loss
@@ -175,7 +174,7 @@ def run_lofiseg(setup: Setup, workdir: Path, index: int) -> tuple[float, int]:
     started = time.perf_counter()
     with TrainingRun(identity, workdir / f"checkpoint-{index}.pt", tracking=True, tracking_required=True) as run:
         history = run.fit(setup.model, setup.optimizer, setup.step, setup.batches, setup.epochs, setup.evaluate,
-                          device=torch.device("cpu"), amp=setup.amp, desc=setup.case.name)
+                          device=torch.device("cpu"), **setup.runner, desc=setup.case.name)
     elapsed = time.perf_counter() - started
     assert len(history) == setup.epochs
     return elapsed, setup.epochs * setup.steps_per_epoch * setup.images_per_step
@@ -222,10 +221,10 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{case.name} threads={threads}: a {result['a']:.1f} b {result['b']:.1f} img/s "
                       f"ratio {result['ratio']:.2f}", file=sys.stderr, flush=True)
                 rows.append((case, threads, result))
-    write(rows, args)
+    write(rows, args, params)
 
 
-def write(rows: list, args: argparse.Namespace) -> None:
+def write(rows: list, args: argparse.Namespace, params: Params) -> None:
     load = os.getloadavg()
     lines = [
         f"# Training throughput: lofiseg's training run (b) against a bare loop (a){' - ' + args.label if args.label else ''}",
@@ -245,7 +244,6 @@ def write(rows: list, args: argparse.Namespace) -> None:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for case, threads, r in rows:
-        params = load_params(args.params)
         batch = getattr(params, case.section).batch_size
         steps = args.epochs * -(-case.train // batch)
         lines.append(f"| {case.name} | {threads} | {case.train} / {case.val} | {batch} | {steps} | {r['a']:.1f} | "

@@ -1,7 +1,9 @@
 """From a data set folder to in-memory tensors and seeded mini-batches for training and evaluation.
 
 The default data sets are small, so a split is decoded once, resized to a square side and kept as uint8
-tensors; batches are converted to float on the fly. Masks are never opened unless asked for
+tensors. Batches stay uint8 until they are on the training device (:func:`batch_to_device` converts them
+there: a quarter of the bytes to copy), except where an augmentation computes new pixel values (blur, rescale,
+mosaic convert their batch to float first, as before). Masks are never opened unless asked for
 (``with_masks=False`` for image-level supervision).
 """
 
@@ -77,6 +79,31 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255.0)
 
 
+def as_float(images: torch.Tensor) -> torch.Tensor:
+    """:func:`to_float` of uint8 images; float images as they are."""
+    return to_float(images) if images.dtype == torch.uint8 else images
+
+
+def batch_to_device(batch: dict[str, torch.Tensor], device: torch.device,
+                    channels_last: bool = False) -> dict[str, torch.Tensor]:
+    """``batch`` on ``device``, its uint8 ``image`` converted to float in [0, 1] there (after the copy).
+
+    On CUDA the copies come from pinned memory and do not block the host (``non_blocking``), so the next
+    batch is prepared while this one trains. ``channels_last``: the image in NHWC memory order.
+    """
+    cuda = device.type == "cuda"
+    out = {}
+    for key, value in batch.items():
+        if torch.is_tensor(value):
+            value = (value.pin_memory() if cuda and value.device.type == "cpu" else value).to(device, non_blocking=cuda)
+        out[key] = value
+    if "image" in out:
+        out["image"] = as_float(out["image"])
+        if channels_last:
+            out["image"] = out["image"].contiguous(memory_format=torch.channels_last)
+    return out
+
+
 def _where(pick: torch.Tensor, changed: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
     """Per sample: ``changed`` where ``pick`` (B,) is True, else ``original`` (a plain tensor either way)."""
     pick = pick.to(original.device).view(-1, *[1] * (original.ndim - 1))
@@ -96,7 +123,7 @@ def random_flip(batch: dict[str, torch.Tensor], generator: torch.Generator) -> d
 def random_blur(batch: dict[str, torch.Tensor], generator: torch.Generator, prob: float = 0.5,
                 sigma: float = 1.0) -> dict[str, torch.Tensor]:
     """Gaussian blur (3x3 kernel, border pixels repeated) of each image with probability ``prob``."""
-    x = batch["image"]
+    x = as_float(batch["image"])
     # torchvision's blur pads by reflection: pad by repeating the border first and cut that ring off after.
     padded = TF.pad(tv_tensors.Image(x), [1], padding_mode="edge")
     blurred = TF.gaussian_blur(padded, kernel_size=[3, 3], sigma=[sigma, sigma])[..., 1:-1, 1:-1]
@@ -132,7 +159,7 @@ def random_rescale(batch: dict[str, torch.Tensor], generator: torch.Generator, l
 
     One factor and one (row, column) offset per batch, each offset drawn independently in [0, |new - size|].
     """
-    x = batch["image"]
+    x = as_float(batch["image"])
     size = x.shape[-1]
     factor = low + (high - low) * torch.rand((), generator=generator).item()
     image = tv_tensors.Image(rescale_images(x, factor))
@@ -158,7 +185,7 @@ def random_mosaic(batch: dict[str, torch.Tensor], generator: torch.Generator,
     """Replace each image with probability ``prob`` by a 2x2 mosaic of four images of the batch (drawn with
     replacement) at half size, masks alike: scene-like layouts, several smaller objects of several classes, made
     from one-object web images. Beyond Veksler's training; the mosaic of YOLOv4 (Bochkovskiy et al., 2020)."""
-    x = batch["image"]
+    x = as_float(batch["image"])
     b, c, size, _ = x.shape
     if size % 2:
         raise ValueError(f"random_mosaic: image size {size} is odd; a 2x2 mosaic needs an even size")
@@ -181,15 +208,16 @@ def random_mosaic(batch: dict[str, torch.Tensor], generator: torch.Generator,
 def iterate_batches(split: TensorSplit, batch_size: int, generator: torch.Generator | None = None,
                     shuffle: bool = False, augment: Sequence[Augment] = (),
                     extra: dict[str, torch.Tensor] | None = None) -> Iterator[dict[str, torch.Tensor]]:
-    """Mini-batches ``{"image": float (B,3,S,S), "mask": long (B,S,S), "index": long (B,)}``.
+    """Mini-batches ``{"image": uint8 (B,3,S,S), "mask": long (B,S,S), "index": long (B,)}``.
 
-    ``extra`` holds per-sample tensors (first dim N) sliced along with the batch.
+    The image stays uint8 (float after a blur, rescale or mosaic): :func:`batch_to_device` makes it float
+    on the device. ``extra`` holds per-sample tensors (first dim N) sliced along with the batch.
     """
     n = len(split)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size]
-        batch: dict[str, torch.Tensor] = {"image": to_float(split.images[idx]), "index": idx}
+        batch: dict[str, torch.Tensor] = {"image": split.images[idx], "index": idx}
         if split.masks is not None:
             batch["mask"] = split.masks[idx].long()
         for key, value in (extra or {}).items():

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from lofiseg.data.format import Dataset, Record
-from lofiseg.data.loading import TensorSplit, iterate_batches, load_split, rescale_images
+from lofiseg.data.loading import TensorSplit, batch_to_device, iterate_batches, load_split, rescale_images
 from lofiseg.models.channel import choose_foreground_channel
 
 
@@ -57,7 +57,7 @@ def predict_probs(model: torch.nn.Module, split: TensorSplit, batch_size: int = 
     model.eval()
     out = []
     for batch in iterate_batches(split, batch_size):
-        out.append(multi_scale_probs(model, batch["image"].to(device), scales, flip).cpu())
+        out.append(multi_scale_probs(model, batch_to_device(batch, torch.device(device))["image"], scales, flip).cpu())
     model.train(was_training)
     return torch.cat(out)
 

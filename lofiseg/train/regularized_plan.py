@@ -30,7 +30,7 @@ from torch import Tensor
 from lofiseg.atomic import atomic_dir, atomic_write_json
 from lofiseg.data.format import IGNORE, Dataset, Record, sha256_file
 from lofiseg.data.labels import negative_records
-from lofiseg.data.loading import Augment, TensorSplit, iterate_batches, load_split, to_float
+from lofiseg.data.loading import Augment, TensorSplit, iterate_batches, load_split
 from lofiseg.losses.regularized import CompleteRegularizedLoss, RegularizedLossSchedule, StageParams
 from lofiseg.models.bundle import load_bundle
 from lofiseg.models.factory import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel
@@ -73,7 +73,7 @@ def paired_batches(positives: TensorSplit, negatives: TensorSplit | None, batch_
                    generator: torch.Generator, augment: Sequence[Augment] = ()) -> Iterator[dict[str, Tensor]]:
     """Shuffled batches of ``positives``, each followed by as many images of ``negatives`` (when given).
 
-    Yields ``{"image": float (B + b, 3, S, S), "negative": bool (B + b,), "index": long (B,)}``: the first B
+    Yields ``{"image": uint8 (B + b, 3, S, S), "negative": bool (B + b,), "index": long (B,)}``: the first B
     rows are the class's images (``negative`` False), the last b = B rows negatives. No masks are read.
     """
     if positives.masks is not None:
@@ -92,7 +92,7 @@ def paired_batches(positives: TensorSplit, negatives: TensorSplit | None, batch_
         if order is not None:
             picked = order[start:start + size]
             start += size
-            batch["image"] = torch.cat([batch["image"], to_float(negatives.images[picked])])
+            batch["image"] = torch.cat([batch["image"], negatives.images[picked]])
             flags = torch.cat([flags, torch.ones(len(picked), dtype=torch.bool)])
         batch["negative"] = flags
         for aug in augment:
