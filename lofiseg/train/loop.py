@@ -243,4 +243,7 @@ class Trainer:
                 self._save(epoch)
         finally:
             self.wait_for_checkpoint()  # on return (or error) the last checkpoint is complete on disk
+            if hasattr(self, "_writer"):
+                self._writer.shutdown()
+                del self._writer
         return self.history
