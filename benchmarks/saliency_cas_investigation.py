@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from lofiseg.data.format import Dataset
-from lofiseg.data.loading import TensorSplit, iterate_batches, load_split, random_flip
+from lofiseg.data.loading import TensorSplit, as_float, iterate_batches, load_split, random_flip
 from lofiseg.infer.predict import predict_probs
 from lofiseg.losses import build_loss
 from lofiseg.metrics.saliency import SaliencyMeter
@@ -160,7 +160,7 @@ def train(cfg: RunConfig, train_split: TensorSplit, val: TensorSplit) -> dict[st
         model.train()
         for batch in iterate_batches(train_split, cfg.batch_size, epoch_generator(cfg.seed, epoch), shuffle=True,
                                      augment=[random_flip]):
-            loss = loss_fn(model(batch["image"]), batch["mask"])
+            loss = loss_fn(model(as_float(batch["image"])), batch["mask"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

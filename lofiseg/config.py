@@ -30,6 +30,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -88,6 +89,17 @@ def _check_device(value: str) -> str:
 
 
 Device = Annotated[str, AfterValidator(_check_device)]  # auto | cpu | cuda | cuda:N; LOFISEG_DEVICE overrides
+
+
+def _amp_value(value: object) -> object:
+    if isinstance(value, bool):  # YAML reads a bare off as false
+        if value:
+            raise ValueError("amp must be bf16, fp16 or off; true does not say which precision")
+        return "off"
+    return value
+
+
+Amp = Annotated[Literal["bf16", "fp16", "off"], BeforeValidator(_amp_value)]
 
 
 # --- synthetic default data -------------------------------------------------------------------------------
@@ -342,7 +354,20 @@ class TrackingParams(StrictModel):
     experiment_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "lofiseg"
 
 
-class TrainSaliencyParams(StrictModel):
+class RunnerParams(StrictModel):
+    """Where a training section runs and how (the :class:`~lofiseg.train.loop.Trainer`'s options)."""
+
+    device: Device = "auto"  # the LOFISEG_DEVICE env var overrides
+    amp: Amp = "off"  # autocast: bf16 (CPU or CUDA) | fp16 (CUDA only, with a GradScaler) | off
+    channels_last: bool = False  # NHWC model and images: faster convolutions on GPUs
+    cudnn_benchmark: bool = False  # cuDNN autotuning on CUDA: faster, but a resumed run is not bit-exact
+
+    def runner(self) -> dict[str, Any]:
+        """The keyword arguments of :meth:`lofiseg.train.run.TrainingRun.fit` these params set (not device)."""
+        return {"amp": self.amp, "channels_last": self.channels_last, "cudnn_benchmark": self.cudnn_benchmark}
+
+
+class TrainSaliencyParams(RunnerParams):
     losses: list[Literal["ce", "cace", "cas"]] = Field(default_factory=lambda: ["ce", "cace", "cas"], min_length=1)
     image_size: Annotated[int, Field(ge=16, le=1024)] = 64
     epochs: PositiveInt = 8
@@ -352,8 +377,7 @@ class TrainSaliencyParams(StrictModel):
     alpha: Probability = 0.1  # CAS Eq. 1
     flip: bool = True  # random horizontal flips
     model: ModelParams = ModelParams()
-    device: Device = "auto"  # the LOFISEG_DEVICE env var overrides
-    amp: bool = True  # mixed precision on cuda
+    validate_every: PositiveInt = 1  # validate after every k-th epoch and the last; the trained model is the same
 
     @field_validator("losses")
     @classmethod
@@ -430,7 +454,7 @@ def _single_class_model() -> ModelParams:
                        freeze_encoder=True)
 
 
-class TrainSingleParams(StrictModel):
+class TrainSingleParams(RunnerParams):
     """``train_single@<class>`` (regularized loss, Eq. 6-8) and ``train_single_gt@<class>`` (CE on ground truth)."""
 
     image_size: Annotated[int, Field(ge=16, le=1024)] = 64
@@ -447,8 +471,6 @@ class TrainSingleParams(StrictModel):
     gt_epochs: PositiveInt | None = None  # the -gt baseline (CE on ground truth); null: gt_epoch_count()
     flip: bool = True
     model: ModelParams = Field(default_factory=_single_class_model)
-    device: Device = "auto"
-    amp: bool = True
 
     def gt_epoch_count(self) -> int:
         """Epochs of the -gt baseline: ``gt_epochs``, else the regularized model's budget (its schedule's
@@ -505,7 +527,7 @@ class MosaicParams(StrictModel):
     web_gt: Probability = 0.0
 
 
-class TrainDeeplabParams(StrictModel):
+class TrainDeeplabParams(RunnerParams):
     """``train_deeplab@pseudo`` (union of pseudo ground truth) and ``train_deeplab@gt`` (the upper bound).
 
     The paper's setting is the "paper setting" comment above ``train_deeplab`` in params.yaml.
@@ -525,8 +547,7 @@ class TrainDeeplabParams(StrictModel):
     rescale: tuple[Annotated[float, Field(gt=0.0)], Annotated[float, Field(gt=0.0)]] | None = (0.5, 2.0)
     mosaic: MosaicParams = Field(default_factory=MosaicParams)
     model: ModelParams = Field(default_factory=_deeplab_model)
-    device: Device = "auto"
-    amp: bool = True
+    validate_every: PositiveInt = 1  # validate after every k-th epoch and the last; the trained model is the same
 
     @model_validator(mode="after")
     def _mosaic_size(self) -> TrainDeeplabParams:
@@ -537,7 +558,7 @@ class TrainDeeplabParams(StrictModel):
         return self
 
 
-class TrainRegionsParams(StrictModel):
+class TrainRegionsParams(RunnerParams):
     """``train_regions@<method>``: class-agnostic multi-region models (CAS paper Sec. 5.2-5.3, Dille et al.)."""
 
     methods: list[Literal["cas", "projective", "ce", "discriminative"]] = Field(
@@ -572,8 +593,7 @@ class TrainRegionsParams(StrictModel):
         return scales
     model: ModelParams = Field(default_factory=lambda: ModelParams(
         arch="unet", encoder="tu-tf_efficientnet_lite0", encoder_weights="lite0-imagenet", freeze_encoder=True))
-    device: Device = "auto"
-    amp: bool = True
+    validate_every: PositiveInt = 1  # validate after every k-th epoch and the last; the trained model is the same
 
     def region_settings(self, seed: int, info: dict | None = None) -> RegionSettings:
         """The inference settings; ``info`` (the trained model's info.json) gives the discriminative

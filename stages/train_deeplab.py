@@ -9,8 +9,9 @@ truth of ``train_deeplab.gt_dataset`` under ``--data`` (masks remapped by class 
 ``Params.semantic_classes()``): the upper bound. ``--supervision web_gt`` trains it on the web images' own
 ground truth where they have it (synthetic web sets): the pseudo labels' ceiling, which separates the loss due
 to pseudo-label quality from the loss due to the web images being another domain; without masks the stage
-writes only an info.json saying why it skipped. Validation mIoU every epoch on the data's val split (against
-pseudo labels for ``pseudo``); a data set without a val split lends 10% of its train images (by content hash).
+writes only an info.json saying why it skipped. Validation mIoU every ``validate_every`` epochs and the last
+on the data's val split (against pseudo labels for ``pseudo``); a data set without a val split lends 10% of
+its train images (by content hash).
 
 With ``train_deeplab.enabled: false`` (single-class models only) every supervision writes only that info.json.
 
@@ -36,7 +37,7 @@ from lofiseg.models.factory import build_model
 from lofiseg.train.distributed import DistContext, check_batch_size, distributed_session
 from lofiseg.train.loop import epoch_batches, poly_lr, resolve_device, seed_everything
 from lofiseg.train.optim import build_optimizer
-from lofiseg.train.run import RunIdentity, TrainingRun, write_json_outputs
+from lofiseg.train.run import RunIdentity, TrainingRun, periodic, write_json_outputs
 from lofiseg.train.steps import build_step
 from lofiseg.train.validation import argmax_labels, semantic_eval, val_metrics
 from lofiseg.viz.images import colorize_labels, qualitative_grid
@@ -115,7 +116,8 @@ def train_deeplab(args: argparse.Namespace, params: Params, ctx: DistContext, de
         augment = supervision_augment(cfg, args.supervision)
         training.fit(model, optimizer, build_step("ce"), epoch_batches(data.train, cfg.batch_size, params.seed,
                                                                         augmentations(augment)),
-                     cfg.epochs, validate, device=device, amp=cfg.amp, lr=epoch_lr, desc=identity.name)
+                     cfg.epochs, periodic(validate, cfg.validate_every, cfg.epochs), device=device,
+                     **cfg.runner(), lr=epoch_lr, desc=identity.name)
         if ctx.is_main:
             pred = argmax_labels(model, data.val, cfg.batch_size, device)
             scores = semantic_scores(pred, data.val.masks, len(classes))

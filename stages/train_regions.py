@@ -1,7 +1,8 @@
 """DVC stage `train_regions@<method>`: one class-agnostic multi-region model (CAS Sec. 5.2-5.3, Dille et al.).
 
 Methods, all trained on the train split of ``train_regions.dataset`` (masks with arbitrary region ids,
-255 ignored), validated on its val split every epoch (region metrics of the inference routine):
+255 ignored), validated on its val split every ``validate_every`` epochs and the last (region metrics of the
+inference routine):
 
 * ``cas``: ``channels`` (M) softmax outputs, CAS loss (Eq. 1) on the raw region ids.
 * ``ce``: the same network with cross-entropy, region id ``r`` taken as class ``r mod M`` (the baseline that
@@ -33,7 +34,7 @@ from lofiseg.models.descriptor_heads import descriptor_kind, descriptor_model
 from lofiseg.models.factory import build_model
 from lofiseg.train.loop import epoch_batches, resolve_device, seed_everything
 from lofiseg.train.optim import build_optimizer
-from lofiseg.train.run import RunIdentity, TrainingRun
+from lofiseg.train.run import RunIdentity, TrainingRun, periodic
 from lofiseg.train.steps import LossStep, build_step
 from lofiseg.viz.images import qualitative_grid, random_colours
 from stages.cli import log, run, stage_parser
@@ -81,11 +82,13 @@ def train_regions(params: Params, method: str, raw: Path, out: Path, checkpoints
                      tracking_required=params.tracking.required) as training:
         def validate(epoch: int, metrics: dict[str, float]) -> dict[str, float]:
             scores, _ = score_split(model, method, val, settings, cfg.batch_size, device)
-            return {f"val_{k}": v for k, v in scores.items()} | step.epoch_metrics(epoch)
+            return {f"val_{k}": v for k, v in scores.items()}
 
+        every = periodic(validate, cfg.validate_every, cfg.epochs)
         augment = [random_flip] if cfg.flip else []
         training.fit(model, optimizer, step, epoch_batches(train, cfg.batch_size, params.seed, augment), cfg.epochs,
-                     validate, device=device, amp=cfg.amp, desc=f"regions {method}")
+                     lambda epoch, metrics: every(epoch, metrics) | step.epoch_metrics(epoch), device=device,
+                     **cfg.runner(), desc=f"regions {method}")
 
         scores, labels = score_split(model, method, val, settings, cfg.batch_size, device)
         info = {"task": "regions", "method": method, "descriptor": descriptor_kind(method),

@@ -1,7 +1,7 @@
 """DVC stage `train_saliency@<loss>-<rate>`: one salient-object model on one noisy copy of the data.
 
 Trains with CE, class-agnostic CE or CAS (CAS paper Eq. 1) on the train split of ``--data``, validates on its
-(clean) val split every epoch, checkpoints every epoch outside the DVC outs (``--checkpoints``) and resumes
+(clean) val split every ``validate_every`` epochs and the last, checkpoints every epoch outside the DVC outs (``--checkpoints``) and resumes
 from there after a kill. For the class-agnostic losses the saliency channel is chosen by correlation with
 ground truth on the validation split (Sec. 4.2) and stored with the model.
 """
@@ -23,7 +23,7 @@ from lofiseg.models.channel import ChannelSelected
 from lofiseg.models.factory import build_model
 from lofiseg.train.loop import epoch_batches, resolve_device, seed_everything
 from lofiseg.train.optim import build_optimizer
-from lofiseg.train.run import RunIdentity, TrainingRun
+from lofiseg.train.run import RunIdentity, TrainingRun, periodic
 from lofiseg.train.steps import build_step
 from lofiseg.viz.images import colorize_labels, qualitative_grid
 from stages.cli import log, run, stage_parser
@@ -73,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         augment = [random_flip] if cfg.flip else []
         training.fit(model, optimizer, step, epoch_batches(train, cfg.batch_size, params.seed, augment),
-                     cfg.epochs, validate, device=device, amp=cfg.amp, desc=name)
+                     cfg.epochs, periodic(validate, cfg.validate_every, cfg.epochs), device=device, **cfg.runner(),
+                     desc=name)
 
         probs = predict_probs(model, val, device=device)
         channel = saliency_channel(args.loss, probs, val.masks)

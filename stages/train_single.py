@@ -63,7 +63,7 @@ def train(params: Params, args: Any, device: torch.device, name: str, model: Seg
     optimizer = build_optimizer(params=model.parameters(), lr=cfg.lr, **cfg.optimizer.model_dump())
     with TrainingRun(identity, args.checkpoints / f"{name}.pt", tracking=params.tracking.enabled,
                      tracking_required=params.tracking.required) as training:
-        history = training.fit(model, optimizer, step, batches, epochs, evaluate, device=device, amp=cfg.amp)
+        history = training.fit(model, optimizer, step, batches, epochs, evaluate, device=device, **cfg.runner())
         info = {**info, "epochs": epochs,
                 "final_train_loss": history[-1]["train_loss"] if history else None}
         training.write_outputs(args.out, model.cpu().eval(), info, curves, f"train_single {name}", example=example,

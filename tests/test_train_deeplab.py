@@ -278,7 +278,8 @@ def test_killed_run_resumes_under_torchrun_and_matches_one_process(tracking_env)
     reference = json.loads((root / "straight" / "history.json").read_text())
     for ours, theirs in zip(history[done:], reference[done:], strict=True):
         assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-4)
-        assert ours["val_miou"] == pytest.approx(theirs["val_miou"], abs=1e-6)
+        assert ours.keys() == theirs.keys()  # validated on the same epochs (validate_every)
+        assert ours.get("val_miou") == pytest.approx(theirs.get("val_miou"), abs=1e-6)
     assert not ckpt.exists() and not any((root / "ck-resumed").iterdir())  # rank 0 cleaned up; rank 1 wrote none
 
     from mlflow.tracking import MlflowClient

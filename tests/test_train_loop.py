@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import pytest
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 
 from lofiseg.data.loading import (
     TensorSplit,
+    batch_to_device,
     iterate_batches,
     random_blur,
     random_flip,
@@ -17,9 +19,11 @@ from lofiseg.data.loading import (
     random_rescale,
     rescale_images,
     resize_masks,
+    to_float,
 )
 from lofiseg.train.loop import (
     Trainer,
+    autocast_dtype,
     epoch_generator,
     load_checkpoint,
     poly_lr,
@@ -27,6 +31,7 @@ from lofiseg.train.loop import (
     seed_everything,
     set_lr,
 )
+from lofiseg.train.run import periodic
 
 
 def _split() -> TensorSplit:
@@ -252,3 +257,48 @@ def test_poly_lr_by_hand_and_set_lr():
     optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     set_lr(optimizer, 0.02)
     assert [g["lr"] for g in optimizer.param_groups] == [0.02]
+
+
+def test_batches_stay_uint8_until_the_device_and_augmented_values_are_unchanged():
+    split = _split()
+    batch = next(iterate_batches(split, 4))
+    assert batch["image"].dtype == torch.uint8  # a quarter of the bytes to copy to the device
+    on_device = batch_to_device(batch, torch.device("cpu"), channels_last=True)
+    assert torch.equal(on_device["image"], to_float(split.images[:4]))  # float only after the copy
+    assert on_device["image"].is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(on_device["mask"], split.masks[:4].long())
+    # blur, rescale and mosaic compute new values: in float, exactly as on a batch converted before them
+    floats = {**batch, "image": to_float(batch["image"])}
+    for aug in (random_blur, random_rescale, partial(random_mosaic, prob=0.7)):
+        ours, before = aug(batch, torch.Generator().manual_seed(1)), aug(floats, torch.Generator().manual_seed(1))
+        assert ours["image"].dtype == torch.float32 and torch.equal(ours["image"], before["image"])
+        assert torch.equal(ours["mask"], before["mask"])
+
+
+def _changed(trainer: Trainer, start: dict[str, torch.Tensor]) -> bool:
+    return any(not torch.equal(start[k], v) for k, v in trainer.model.state_dict().items())
+
+
+def test_bf16_autocast_trains_on_cpu_and_fp16_is_refused_there(tmp_path):
+    split = _split()
+    trainer, batches = _trainer(tmp_path / "bf16", split)
+    trainer = Trainer(trainer.model, trainer.optimizer, _step, tmp_path / "bf16.pt", amp="bf16", channels_last=True)
+    start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    history = trainer.fit(batches, epochs=2)
+    assert all(math.isfinite(h["train_loss"]) for h in history) and _changed(trainer, start)
+    assert trainer.model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert autocast_dtype("off", torch.device("cpu")) is None
+    with pytest.raises(ValueError, match="amp 'fp16' needs a CUDA device"):
+        Trainer(_model(), torch.optim.Adam(_model().parameters()), _step, tmp_path / "fp16.pt", amp="fp16")
+    with pytest.raises(ValueError, match="amp must be bf16, fp16 or off, got 'fp32'"):
+        autocast_dtype("fp32", torch.device("cpu"))
+
+
+def test_periodic_evaluates_every_k_epochs_and_after_the_last():
+    calls = []
+    every = periodic(lambda epoch, metrics: calls.append(epoch) or {"val": epoch}, 3, 7)
+    results = [every(epoch, {}) for epoch in range(7)]
+    assert calls == [2, 5, 6] and results[2] == {"val": 2} and results[0] == {}
+    assert [every(e, {}) for e in range(2)] == [{}, {}]
+    with pytest.raises(ValueError, match="validate_every must be >= 1, got 0"):
+        periodic(lambda epoch, metrics: {}, 0, 7)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import signal
 import subprocess
@@ -16,8 +18,9 @@ from lofiseg.config import SyntheticSaliency
 from lofiseg.data.format import DatasetWriter, sha256_file
 from lofiseg.data.noise import make_noisy_copy
 from lofiseg.data.synthetic import generate_saliency
+from lofiseg.models.factory import build_model
 from lofiseg.track.runs import TAG_BUNDLE_SHA256
-from lofiseg.train.loop import load_checkpoint
+from lofiseg.train.loop import load_checkpoint, seed_everything
 from tests.pipeline_repo import PROJECT, TINY, deep_merge, tool_env
 
 pytestmark = pytest.mark.slow
@@ -120,3 +123,25 @@ def test_unreachable_tracking_store_fails_fast_or_trains_untracked_when_allowed(
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "training WITHOUT tracking" in proc.stderr
     assert (root / "untracked" / "model.pt").is_file()
+
+
+def test_bf16_autocast_trains_the_stage_on_cpu_and_validates_every_k_epochs(workdir):
+    """amp: bf16 runs on CPU: the loss stays finite and the weights move; validate_every 4 of 6 epochs
+    validates after epochs 4 and 6 (the last) only, and the model written is the last epoch's."""
+    root = workdir
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train_saliency"] |= {"amp": "bf16", "validate_every": 4}
+    (root / "bf16.yaml").write_text(yaml.safe_dump(params))
+    cmd = _cmd(root, "bf16", "ckpt-bf16")
+    cmd[cmd.index("--params") + 1] = str(root / "bf16.yaml")
+    proc = subprocess.run(cmd, cwd=root, env=_env(root), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    history = json.loads((root / "bf16" / "history.json").read_text())
+    assert len(history) == 6 and all(math.isfinite(h["train_loss"]) for h in history)
+    assert [h["epoch"] for h in history if "val_mae" in h] == [3, 5]
+    seed_everything(params["seed"])
+    start = build_model(num_classes=2, **params["train_saliency"]["model"]).state_dict()
+    trained = torch.load(root / "bf16" / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in trained.values() if v.is_floating_point())
+    assert any(not torch.equal(start[k], trained[k]) for k in start)

@@ -51,7 +51,8 @@ def _split(values: list[int]) -> TensorSplit:
 
 
 def _names(images: torch.Tensor) -> list[int]:
-    return [round(float(v) * 255) for v in images[:, 0, 0, 0]]
+    assert images.dtype == torch.uint8  # float on the training device only (batch_to_device)
+    return images[:, 0, 0, 0].tolist()
 
 
 def test_paired_batches_put_other_images_after_each_positive_batch():
@@ -65,7 +66,7 @@ def test_paired_batches_put_other_images_after_each_positive_batch():
         assert flags.tolist() == [False] * half + [True] * half
         seen_pos += names[:half]
         seen_neg += names[half:]
-        assert _names(positives.images[batch["index"]].float() / 255) == names[:half]
+        assert _names(positives.images[batch["index"]]) == names[:half]
     assert sorted(seen_pos) == [10, 11, 12, 13, 14]  # every positive once per epoch
     assert sorted(seen_neg[:3]) == [200, 201, 202]  # every negative once before any repeats
     assert set(seen_neg) <= {200, 201, 202}

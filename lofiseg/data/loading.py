@@ -1,8 +1,9 @@
 """From a data set folder to in-memory tensors and seeded mini-batches for training and evaluation.
 
-The default data sets are small, so a split is decoded once, resized and kept as uint8 tensors; batches are
-converted to float on the fly. Masks are never opened unless asked for (``with_masks=False`` for image-level
-supervision).
+The default data sets are small, so a split is decoded once, resized and kept as uint8 tensors. Batches stay
+uint8 until they are on the training device (:func:`batch_to_device` converts them there: a quarter of the bytes
+to copy), except where an augmentation computes new pixel values (blur, rescale, mosaic convert their batch to
+float first). Masks are never opened unless asked for (``with_masks=False`` for image-level supervision).
 
 Resizing (``load_split``'s ``resize``): ``shorter_side`` (default) scales each image so its shorter side is
 ``size``, keeping its aspect ratio, as the papers do; ``square`` squashes it to ``size`` x ``size``. Images of
@@ -128,6 +129,31 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255.0)
 
 
+def as_float(images: torch.Tensor) -> torch.Tensor:
+    """:func:`to_float` of uint8 images; float images as they are."""
+    return to_float(images) if images.dtype == torch.uint8 else images
+
+
+def batch_to_device(batch: dict[str, torch.Tensor], device: torch.device,
+                    channels_last: bool = False) -> dict[str, torch.Tensor]:
+    """``batch`` on ``device``, its uint8 ``image`` converted to float in [0, 1] there (after the copy).
+
+    On CUDA the copies come from pinned memory and do not block the host (``non_blocking``), so the next
+    batch is prepared while this one trains. ``channels_last``: the image in NHWC memory order.
+    """
+    cuda = device.type == "cuda"
+    out = {}
+    for key, value in batch.items():
+        if torch.is_tensor(value):
+            value = (value.pin_memory() if cuda and value.device.type == "cpu" else value).to(device, non_blocking=cuda)
+        out[key] = value
+    if "image" in out:
+        out["image"] = as_float(out["image"])
+        if channels_last:
+            out["image"] = out["image"].contiguous(memory_format=torch.channels_last)
+    return out
+
+
 def _where(pick: torch.Tensor, changed: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
     """Per sample: ``changed`` where ``pick`` (B,) is True, else ``original`` (a plain tensor either way)."""
     pick = pick.to(original.device).view(-1, *[1] * (original.ndim - 1))
@@ -147,7 +173,7 @@ def random_flip(batch: dict[str, torch.Tensor], generator: torch.Generator) -> d
 def random_blur(batch: dict[str, torch.Tensor], generator: torch.Generator, prob: float = 0.5,
                 sigma: float = 1.0) -> dict[str, torch.Tensor]:
     """Gaussian blur (3x3 kernel, border pixels repeated) of each image with probability ``prob``."""
-    x = batch["image"]
+    x = as_float(batch["image"])
     # torchvision's blur pads by reflection: pad by repeating the border first and cut that ring off after.
     padded = TF.pad(tv_tensors.Image(x), [1], padding_mode="edge")
     blurred = TF.gaussian_blur(padded, kernel_size=[3, 3], sigma=[sigma, sigma])[..., 1:-1, 1:-1]
@@ -183,7 +209,7 @@ def random_rescale(batch: dict[str, torch.Tensor], generator: torch.Generator, l
 
     One factor and one (row, column) offset per batch, each offset drawn independently in [0, |new - size|].
     """
-    x = batch["image"]
+    x = as_float(batch["image"])
     size = x.shape[-1]
     factor = low + (high - low) * torch.rand((), generator=generator).item()
     image = tv_tensors.Image(rescale_images(x, factor))
@@ -209,7 +235,7 @@ def random_mosaic(batch: dict[str, torch.Tensor], generator: torch.Generator,
     """Replace each image with probability ``prob`` by a 2x2 mosaic of four images of the batch (drawn with
     replacement) at half size, masks alike: scene-like layouts, several smaller objects of several classes, made
     from one-object web images. Beyond Veksler's training; the mosaic of YOLOv4 (Bochkovskiy et al., 2020)."""
-    x = batch["image"]
+    x = as_float(batch["image"])
     b, c, size, _ = x.shape
     if size % 2:
         raise ValueError(f"random_mosaic: image size {size} is odd; a 2x2 mosaic needs an even size")
@@ -248,9 +274,10 @@ def random_crops(split: TensorSplit, idx: torch.Tensor,
 def iterate_batches(split: TensorSplit, batch_size: int, generator: torch.Generator | None = None,
                     shuffle: bool = False, augment: Sequence[Augment] = (),
                     extra: dict[str, torch.Tensor] | None = None) -> Iterator[dict[str, torch.Tensor]]:
-    """Mini-batches ``{"image": float (B,3,H,W), "mask": long (B,H,W), "index": long (B,)}``.
+    """Mini-batches ``{"image": uint8 (B,3,H,W), "mask": long (B,H,W), "index": long (B,)}``.
 
-    Shuffled batches of a split with extents are :func:`random_crops` (drawn from ``generator`` after the
+    The image stays uint8 (float after a blur, rescale or mosaic): :func:`batch_to_device` makes it float on the
+    device. Shuffled batches of a split with extents are :func:`random_crops` (drawn from ``generator`` after the
     order, before ``augment``); ordered batches are whole canvases. ``extra`` holds per-sample tensors (first
     dim N) sliced along with the batch.
     """
@@ -263,7 +290,7 @@ def iterate_batches(split: TensorSplit, batch_size: int, generator: torch.Genera
             images, masks = random_crops(split, idx, generator if generator is not None else torch.Generator().manual_seed(0))
         else:
             images, masks = split.images[idx], None if split.masks is None else split.masks[idx]
-        batch: dict[str, torch.Tensor] = {"image": to_float(images), "index": idx}
+        batch: dict[str, torch.Tensor] = {"image": images, "index": idx}
         if masks is not None:
             batch["mask"] = masks.long()
         for key, value in (extra or {}).items():

@@ -10,7 +10,7 @@ from PIL import Image
 
 from lofiseg.data.decode_cache import cached_load_split
 from lofiseg.data.format import Dataset, Record
-from lofiseg.data.loading import TensorSplit, rescale_images, to_float
+from lofiseg.data.loading import TensorSplit, batch_to_device, rescale_images
 from lofiseg.models.channel import choose_foreground_channel
 
 
@@ -74,7 +74,7 @@ def predict_probs(model: torch.nn.Module, split: TensorSplit, batch_size: int = 
     model.eval()
     out: torch.Tensor | None = None
     for idx, height, width in extent_groups(split, batch_size):
-        images = to_float(split.images[idx, :, :height, :width].to(device))
+        images = batch_to_device({"image": split.images[idx, :, :height, :width]}, torch.device(device))["image"]
         probs = multi_scale_probs(model, images, scales, flip).cpu()
         if out is None:
             out = probs.new_zeros(len(split), probs.shape[1], *split.images.shape[-2:])

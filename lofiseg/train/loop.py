@@ -7,14 +7,17 @@ started again ends with the same weights as an uninterrupted run.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,10 @@ import torch
 from tqdm import tqdm
 
 from lofiseg.atomic import atomic_file
-from lofiseg.data.loading import Augment, TensorSplit, iterate_batches
+from lofiseg.data.loading import Augment, TensorSplit, batch_to_device, iterate_batches
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # params' amp values other than "off"
+POSTFIX_SECONDS = 1.0  # the progress bar's running loss is read (a device sync) at most this often
 
 StepFn = Callable[[torch.nn.Module, dict[str, torch.Tensor], int], torch.Tensor]
 EpochEndFn = Callable[[int, dict[str, float]], dict[str, float]]
@@ -39,6 +45,22 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available on this machine")
     return device
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of params' ``amp`` (``bf16 | fp16 | off``) on ``device``; None for off.
+
+    bf16 runs on CPU and CUDA. fp16 needs CUDA (its gradients need a GradScaler): refused elsewhere rather than
+    silently trained in float32.
+    """
+    if amp == "off":
+        return None
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"amp must be bf16, fp16 or off, got {amp!r}")
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError(f"amp 'fp16' needs a CUDA device (float16 autocast with a GradScaler); this run is on "
+                         f"{device.type}: use amp 'bf16' or 'off'")
+    return AMP_DTYPES[amp]
 
 
 def seed_everything(seed: int) -> None:
@@ -132,16 +154,20 @@ class Trainer:
     step_fn: StepFn
     checkpoint_path: Path
     device: torch.device = torch.device("cpu")
-    amp: bool = False  # mixed precision, cuda only
+    amp: str = "off"  # bf16 | fp16 (cuda only) | off: autocast dtype of the forward pass and loss
+    channels_last: bool = False  # model and images in NHWC memory order (faster convolutions on GPUs)
+    cudnn_benchmark: bool = False  # cuDNN picks the fastest algorithms for the (fixed) input size; not bit-exact
     meta: dict[str, Any] = field(default_factory=dict)  # stored with every checkpoint (e.g. tracking run id)
     history: list[dict[str, float]] = field(default_factory=list)
     start_epoch: int = 0
 
     def __post_init__(self) -> None:
         self.checkpoint_path = Path(self.checkpoint_path)
-        self.model.to(self.device)
-        self.use_amp = self.amp and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.autocast = autocast_dtype(self.amp, self.device)
+        self.model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = self.cudnn_benchmark
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast == torch.float16)
 
     def resume(self) -> bool:
         """Load the checkpoint if there is one; returns whether training continues from it."""
@@ -158,40 +184,66 @@ class Trainer:
         return True
 
     def _save(self, epoch: int) -> None:
-        save_checkpoint(self.checkpoint_path, {
+        """Checkpoint epoch ``epoch`` on a background thread: the state is copied now (training goes on
+        changing the live tensors in place) and written while the next epoch trains. One write in flight at a
+        time; a kill mid-write leaves the previous checkpoint (atomic rename), as a synchronous save does."""
+        state = copy.deepcopy({
             "epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "rng": rng_state(), "history": self.history, "meta": self.meta,
         })
+        self.wait_for_checkpoint()
+        if not hasattr(self, "_writer"):
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self._pending: Future | None = self._writer.submit(save_checkpoint, self.checkpoint_path, state)
+
+    def wait_for_checkpoint(self) -> None:
+        """Block until the checkpoint being written is on disk; raises the write's error, if any."""
+        pending, self._pending = getattr(self, "_pending", None), None
+        if pending is not None:
+            pending.result()
 
     def train_epoch(self, batches: Iterable[dict[str, torch.Tensor]], epoch: int, desc: str) -> dict[str, float]:
+        """One epoch; the losses are summed on the device (float64: the same mean as summing ``loss.item()``)
+        and read once at the end, so no step waits for the device. A non-finite loss stops the run at the end
+        of its epoch, before that epoch's checkpoint."""
         self.model.train()
-        total, count, seen, started = 0.0, 0, 0, time.perf_counter()
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        count, seen, started, shown = 0, 0, time.perf_counter(), time.monotonic()
         bar = tqdm(batches, desc=f"{desc} epoch {epoch + 1}", unit="batch", leave=False, file=sys.stderr)
         for batch in bar:
-            batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-            with torch.autocast(self.device.type, enabled=self.use_amp):
+            batch = batch_to_device(batch, self.device, self.channels_last)
+            with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
                 loss = self.step_fn(self.model, batch, epoch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{desc}: loss is {loss.item()} at epoch {epoch + 1}")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            total += loss.item()
+            total += loss.detach()
             count += 1
             seen += int(batch["image"].shape[0])
-            bar.set_postfix(loss=f"{total / count:.4f}")
+            if time.monotonic() - shown >= POSTFIX_SECONDS:
+                bar.set_postfix(loss=f"{float(total) / count:.4f}", refresh=False)
+                shown = time.monotonic()
+        mean = float(total) / max(count, 1)
+        if not math.isfinite(mean):
+            raise FloatingPointError(f"{desc}: loss is {mean} at epoch {epoch + 1}")
         elapsed = time.perf_counter() - started
-        return {"train_loss": total / max(count, 1), "images_per_s": seen / max(elapsed, 1e-9)}
+        return {"train_loss": mean, "images_per_s": seen / max(elapsed, 1e-9)}
 
     def fit(self, make_batches: Callable[[int], Iterable[dict[str, torch.Tensor]]], epochs: int,
             on_epoch_end: EpochEndFn | None = None, desc: str = "train") -> list[dict[str, float]]:
         """Run epochs ``start_epoch .. epochs-1``; ``make_batches(epoch)`` gives that epoch's batches."""
-        for epoch in tqdm(range(self.start_epoch, epochs), desc=desc, unit="epoch", file=sys.stderr,
-                          initial=self.start_epoch, total=epochs):
-            metrics = {"epoch": epoch, **self.train_epoch(make_batches(epoch), epoch, desc)}
-            if on_epoch_end is not None:
-                metrics.update(on_epoch_end(epoch, metrics))
-            self.history.append(metrics)
-            self._save(epoch)
+        try:
+            for epoch in tqdm(range(self.start_epoch, epochs), desc=desc, unit="epoch", file=sys.stderr,
+                              initial=self.start_epoch, total=epochs):
+                metrics = {"epoch": epoch, **self.train_epoch(make_batches(epoch), epoch, desc)}
+                if on_epoch_end is not None:
+                    metrics.update(on_epoch_end(epoch, metrics))
+                self.history.append(metrics)
+                self._save(epoch)
+        finally:
+            self.wait_for_checkpoint()  # on return (or error) the last checkpoint is complete on disk
+            if hasattr(self, "_writer"):
+                self._writer.shutdown()
+                del self._writer
         return self.history

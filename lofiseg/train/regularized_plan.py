@@ -31,7 +31,7 @@ from lofiseg.atomic import atomic_dir, atomic_write_json
 from lofiseg.data.decode_cache import cached_load_split
 from lofiseg.data.format import IGNORE, Dataset, Record, sha256_file
 from lofiseg.data.labels import negative_records
-from lofiseg.data.loading import Augment, TensorSplit, iterate_batches, random_crops, to_float
+from lofiseg.data.loading import Augment, TensorSplit, iterate_batches, random_crops
 from lofiseg.losses.regularized import CompleteRegularizedLoss, RegularizedLossSchedule, StageParams
 from lofiseg.models.bundle import load_bundle
 from lofiseg.models.factory import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel
@@ -74,7 +74,7 @@ def paired_batches(positives: TensorSplit, negatives: TensorSplit | None, batch_
                    generator: torch.Generator, augment: Sequence[Augment] = ()) -> Iterator[dict[str, Tensor]]:
     """Shuffled batches of ``positives``, each followed by as many images of ``negatives`` (when given).
 
-    Yields ``{"image": float (B + b, 3, S, S), "negative": bool (B + b,), "index": long (B,)}``: the first B
+    Yields ``{"image": uint8 (B + b, 3, S, S), "negative": bool (B + b,), "index": long (B,)}``: the first B
     rows are the class's images (``negative`` False), the last b = B rows negatives. No masks are read.
     """
     if positives.masks is not None:
@@ -94,7 +94,7 @@ def paired_batches(positives: TensorSplit, negatives: TensorSplit | None, batch_
             start += size
             chosen = (negatives.images[picked] if negatives.extents is None
                       else random_crops(negatives, picked, generator)[0])
-            batch["image"] = torch.cat([batch["image"], to_float(chosen)])
+            batch["image"] = torch.cat([batch["image"], chosen])
             flags = torch.cat([flags, torch.ones(len(picked), dtype=torch.bool)])
         batch["negative"] = flags
         for aug in augment:

@@ -69,6 +69,15 @@ class RunIdentity:
     inputs: Sequence[str] = ()
 
 
+def periodic(evaluate: EvaluateFn, every: int, epochs: int) -> EvaluateFn:
+    """``evaluate`` after every ``every``-th epoch and after the last one (the model the stage writes); ``{}``
+    after the others: validation at 1 / ``every`` of its cost, the curves with a point every ``every`` epochs."""
+    if every < 1:
+        raise ValueError(f"validate_every must be >= 1, got {every}")
+    return lambda epoch, metrics: (evaluate(epoch, metrics) if (epoch + 1) % every == 0 or epoch == epochs - 1
+                                   else {})
+
+
 def write_json_outputs(out: Path, files: Mapping[str, Any]) -> None:
     """An output folder of JSON files only (a stage with nothing to train says why), swapped in as a whole."""
     with atomic_dir(out) as tmp:
@@ -135,12 +144,14 @@ class TrainingRun:
                                   and isinstance(v, int | float)}, step=step)
 
     def fit(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: StepFn, batches: Batches,
-            epochs: int, evaluate: EvaluateFn | None = None, *, device: torch.device, amp: bool = False,
-            lr: Callable[[int], float] | None = None, desc: str | None = None) -> list[dict[str, Any]]:
+            epochs: int, evaluate: EvaluateFn | None = None, *, device: torch.device, amp: str = "off",
+            channels_last: bool = False, cudnn_benchmark: bool = False, lr: Callable[[int], float] | None = None,
+            desc: str | None = None) -> list[dict[str, Any]]:
         """Train ``model`` with ``step(net, batch, epoch) -> loss`` on ``batches(epoch)`` for ``epochs`` epochs,
         resuming from the checkpoint; after each epoch ``evaluate(epoch, metrics)`` adds its values to the
         history (and MLflow). ``lr(epoch)``: the learning rate of each epoch (recorded as ``lr``); None keeps
-        the optimiser's. Returns the history, one dict per epoch."""
+        the optimiser's. ``amp``, ``channels_last``, ``cudnn_benchmark``: see :class:`~lofiseg.train.loop.
+        Trainer`. Returns the history, one dict per epoch."""
         ctx = self.ctx
         net: list[torch.nn.Module] = [model]  # the DDP wrapper once resumed: it shares the model's parameters
 
@@ -166,7 +177,7 @@ class TrainingRun:
             return extra
 
         trainer = DistributedTrainer(model, optimizer, train_step, self.checkpoint, device=device, amp=amp,
-                                     meta={"fingerprint": self.stamp, "run_id": self.run_id}, ctx=ctx)
+                                     channels_last=channels_last, cudnn_benchmark=cudnn_benchmark, meta={"fingerprint": self.stamp, "run_id": self.run_id}, ctx=ctx)
         if trainer.resume():
             log.info("resuming %s from epoch %d", self.identity.name, trainer.start_epoch + 1)
         if self.sharded:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from lofiseg.data.format import IGNORE
-from lofiseg.data.loading import TensorSplit, iterate_batches
+from lofiseg.data.loading import TensorSplit, batch_to_device, iterate_batches
 from lofiseg.metrics.semantic import ConfusionMeter
 from lofiseg.train.distributed import DistContext, all_reduce_sum
 
@@ -18,7 +18,7 @@ def argmax_labels(model: torch.nn.Module, split: TensorSplit, batch_size: int, d
     """Argmax labels (N, S, S) uint8 of ``model`` (in eval mode) on ``split``, on the CPU."""
     was_training = model.training
     model.eval()
-    out = [model(batch["image"].to(device)).argmax(1).to(torch.uint8).cpu()
+    out = [model(batch_to_device(batch, device)["image"]).argmax(1).to(torch.uint8).cpu()
            for batch in iterate_batches(split, batch_size)]
     model.train(was_training)
     return torch.cat(out)
