@@ -7,8 +7,9 @@
 ``MLFLOW_TRACKING_URI``, default ``./mlflow.db``) or a bundle folder holding model.pt. A registered model
 brings its test-time ``--scales`` / ``--flip`` (those it was evaluated with: ``mlflow models serve`` predicts
 the same masks); a bundle defaults to one plain pass. Every image of
-``--images`` (jpg, jpeg, png, bmp, tif, tiff; not recursive) is resized to ``--size`` x ``--size`` (default:
-the training image size recorded with the model; 0 keeps each image's own size), run through the model, and its
+``--images`` (jpg, jpeg, png, bmp, tif, tiff; not recursive) is resized so its shorter side is ``--size``
+(default: the training image size recorded with the model; 0 keeps each image's own size; the aspect ratio is
+kept, as in evaluation), run whole through the model (padded to its stride inside), and its
 scores are resized back to the original size before the decision:
 
 - a multi-class model ((N, M, H, W) logits, M >= 2): the label is the argmax channel (0 = background);
@@ -38,6 +39,7 @@ from lofiseg.atomic import atomic_dir, atomic_write_json
 from lofiseg.cli import run
 from lofiseg.data.format import read_image
 from lofiseg.data.layouts import IMAGE_SUFFIXES
+from lofiseg.data.loading import shorter_side_shape
 from lofiseg.infer.predict import check_scales, multi_scale_probs
 from lofiseg.track.models import load_model as load_logged
 from lofiseg.track.registry import TAG_IMAGE_SIZE, Registry, RegistryError, load_registrable
@@ -101,8 +103,8 @@ def predict_labels(model: torch.nn.Module, image: np.ndarray, size: int | None, 
     with ``scales`` / ``flip`` the probabilities are averaged as in evaluation (``multi_scale_probs``)."""
     height, width = image.shape[:2]
     x = torch.tensor(image, device=device).permute(2, 0, 1)[None].float().div_(255.0)
-    if size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    if size:  # the shorter side to ``size``, as in evaluation
+        x = F.interpolate(x, size=shorter_side_shape(height, width, size), mode="bilinear", align_corners=False)
     scores = multi_scale_probs(model, x, scales, flip, to_probs=scores_to_probs)
     if scores.shape[-2:] != (height, width):
         scores = F.interpolate(scores, size=(height, width), mode="bilinear", align_corners=False)

@@ -53,6 +53,27 @@ def test_labels_argmax_and_saliency_threshold_by_hand() -> None:
     assert (resized[:, :12] == 0).all() and (resized[:, 18:] == 1).all()  # away from the 0.5 crossing
 
 
+class ShapeRecorder(RedLogits):
+    """RedLogits that records the shape of every input it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[int, int]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(tuple(x.shape[-2:]))
+        return super().forward(x)
+
+
+def test_the_model_sees_the_shorter_side_at_the_size_and_the_aspect_kept() -> None:
+    model = ShapeRecorder()
+    labels = predict.predict_labels(model, ramp(40, 56), 32, CPU)
+    assert model.seen == [(32, 45)]  # 56 * 32 / 40 = 44.8 -> 45: not squashed to 32 x 32
+    assert labels.shape == (40, 56)
+    predict.predict_labels(model, ramp(50, 30), 16, CPU)  # portrait: 50 * 16 / 30 = 26.7 -> 27
+    assert model.seen[-1] == (27, 16)
+
+
 def test_test_time_scales_and_flip_average_probabilities_of_either_kind() -> None:
     image = ramp(3, 6)  # pointwise models on a flat-in-y ramp: mirroring in and back changes nothing
     expected = np.tile(np.array([0, 0, 0, 1, 1, 1], np.uint8), (3, 1))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from lofiseg.data.format import Dataset, DatasetWriter, Sample
-from lofiseg.data.loading import iterate_batches, load_split, resized_shape
+from lofiseg.data.loading import iterate_batches, load_split, resized_shape, shorter_side_shape
 from lofiseg.infer.predict import predict_native, predict_probs
 from lofiseg.infer.regions import RegionSettings, segment_images
 from lofiseg.train.loop import epoch_generator
@@ -49,6 +50,13 @@ def test_shorter_side_keeps_the_aspect_ratio_and_square_images_stay_as_before(tm
         assert plain.extents is None and torch.equal(plain.images[0].permute(1, 2, 0), torch.from_numpy(wide[:32, :32]))
 
 
+def test_shorter_side_rounds_half_up_and_the_served_model_sizes_alike() -> None:
+    assert shorter_side_shape(20, 25, 18) == (18, 23)  # 25 * 18 / 20 = 22.5: half up (Python's round: 22)
+    scripted = torch.jit.script(shorter_side_shape)  # what ServedSegmenter compiles
+    for height, width, size in itertools.product(range(8, 70, 3), range(8, 70, 5), (16, 18, 32)):
+        assert scripted(height, width, size) == shorter_side_shape(height, width, size)
+
+
 def test_training_batches_are_aligned_random_crops_inside_each_image(tmp_path: Path) -> None:
     image, mask = coordinates(32, 48)  # already at the shorter side: no resampling, values stay exact
     data = write_set(tmp_path / "d", [(f"i{k}", image, mask) for k in range(6)])
@@ -58,8 +66,8 @@ def test_training_batches_are_aligned_random_crops_inside_each_image(tmp_path: P
     for epoch in range(3):
         for batch in iterate_batches(split, 4, epoch_generator(0, epoch), shuffle=True):
             assert batch["image"].shape[-2:] == (32, 32) and batch["mask"].shape[-2:] == (32, 32)
-            red = (batch["image"][:, 0] * 255).round().long()
-            green = (batch["image"][:, 1] * 255).round().long()
+            red = batch["image"][:, 0].long()  # batches stay uint8 until the device
+            green = batch["image"][:, 1].long()
             rows, cols = (red - 1) // 4, (green - 1) // 4
             assert (rows[:, :, :1] == torch.arange(32)[:, None]).all()  # the crop spans every row once
             assert (cols == cols[:, :1, :1] + torch.arange(32)).all()  # 32 consecutive columns

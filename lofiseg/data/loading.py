@@ -76,8 +76,14 @@ def resized_shape(height: int, width: int, size: int, resize: Resize) -> tuple[i
         raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
     if resize == "square":
         return size, size
-    scale = size / min(height, width)
-    return max(size, round(height * scale)), max(size, round(width * scale))
+    return shorter_side_shape(height, width, size)
+
+
+def shorter_side_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """(height, width) scaled so the shorter side is ``size``, each side rounded half up in integer arithmetic,
+    so that the TorchScript served model (which compiles this function) sizes an image exactly as here."""
+    short = min(height, width)
+    return max(size, (2 * height * size + short) // (2 * short)), max(size, (2 * width * size + short) // (2 * short))
 
 
 def _resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

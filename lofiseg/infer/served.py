@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lofiseg.data.loading import shorter_side_shape
 from lofiseg.infer.predict import check_scales
 from lofiseg.models.channel import ChannelSelected
 from lofiseg.models.factory import SegmentationModel
@@ -113,8 +114,9 @@ class ServedSegmenter(nn.Module):
         if images.dtype == torch.uint8:
             x = x / 255.0
         height, width = x.shape[2], x.shape[3]
-        if self.image_size > 0:
-            x = F.interpolate(x, size=[self.image_size, self.image_size], mode="bilinear", align_corners=False)
+        if self.image_size > 0:  # the shorter side to the training size, as in evaluation
+            shape = shorter_side_shape(height, width, self.image_size)
+            x = F.interpolate(x, size=[shape[0], shape[1]], mode="bilinear", align_corners=False)
         probs = self.probabilities(x)
         if probs.shape[2] != height or probs.shape[3] != width:
             probs = F.interpolate(probs, size=[height, width], mode="bilinear", align_corners=False)
