@@ -78,6 +78,13 @@ def periodic(evaluate: EvaluateFn, every: int, epochs: int) -> EvaluateFn:
                                    else {})
 
 
+def history_rows(history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """history.json's rows: every row with every key (null where an epoch has no value, e.g. the epochs
+    ``validate_every`` skips: DVC's plots refuse rows of different keys), the :data:`TIMINGS` left out."""
+    keys = list(dict.fromkeys(k for epoch in history for k in epoch if k not in TIMINGS))
+    return [{k: epoch.get(k) for k in keys} for epoch in history]
+
+
 def write_json_outputs(out: Path, files: Mapping[str, Any]) -> None:
     """An output folder of JSON files only (a stage with nothing to train says why), swapped in as a whole."""
     with atomic_dir(out) as tmp:
@@ -210,8 +217,7 @@ class TrainingRun:
         model.cpu()
         with atomic_dir(out) as tmp:
             save_bundle(tmp / "model.pt", model, dict(info))
-            atomic_write_json(tmp / "history.json",
-                              [{k: v for k, v in epoch.items() if k not in TIMINGS} for epoch in self.history])
+            atomic_write_json(tmp / "history.json", history_rows(self.history))
             atomic_write_json(tmp / "info.json", dict(info))
             save_figure(curves_figure(self.history, curves, title), tmp / "curves.png")
             for name, value in files.items():
