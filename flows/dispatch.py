@@ -22,7 +22,7 @@ from prefect import get_run_logger, task
 from flows.dag import TRANSFER_TIMEOUT_S, remote_args, stale
 from flows.worker import artifact_key, lock_from_markdown
 from lofiseg.atomic import atomic_write_text
-from lofiseg.dvc_cli import dvc_command
+from lofiseg.dvc_cli import dvc_command, read_dvc_yaml
 from lofiseg.provenance import git_commit, git_dirty, git_remote_url
 
 WORKER_STAGES = ("train_*", "pseudo_label@*")  # the heavy, per-class / per-model stages
@@ -104,7 +104,7 @@ def record_worker_outputs(repo: str, results: Sequence[dict[str, Any]], remote: 
     if not results:
         return
     path = Path(repo, "dvc.lock")
-    lock = yaml.safe_load(path.read_text()) if path.exists() else None
+    lock = read_dvc_yaml(path) if path.exists() else None
     lock = lock or {"schema": "2.0", "stages": {}}
     lock.setdefault("stages", {}).update({r["stage"]: r["lock"] for r in results})
     atomic_write_text(path, yaml.safe_dump(lock, sort_keys=False))

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
@@ -32,7 +31,7 @@ from flows.dag import TRANSFER_TIMEOUT_S, read_dag, remote_args, stage_env
 from flows.stream import run_streaming
 from lofiseg.atomic import atomic_write_text
 from lofiseg.config import load_params
-from lofiseg.dvc_cli import dvc_command, dvc_executable
+from lofiseg.dvc_cli import dvc_command, dvc_executable, read_dvc_yaml
 
 CACHE_ENV = "LOFISEG_DVC_CACHE"
 
@@ -93,7 +92,7 @@ def stage_on_worker(git_url: str, rev: str, stage: str, lock: str, orchestrator_
         run_streaming([dvc_executable(), "repro", "--single-item", stage], repo, env, timeout, logger,
                       name=f"dvc repro --single-item {stage}")
         dvc_command(repo, "push", *remote_args(remote), stage, timeout=TRANSFER_TIMEOUT_S)
-        entry = yaml.safe_load((repo / "dvc.lock").read_text())["stages"][stage]
+        entry = read_dvc_yaml(repo / "dvc.lock")["stages"][stage]
     create_markdown_artifact(key=artifact_key(stage), markdown=lock_markdown(stage, entry),
                              description=f"dvc.lock entry of {stage}")
     seconds = round(time.monotonic() - started, 1)

@@ -47,3 +47,11 @@ def test_layering(folder: str, forbidden: set[str]) -> None:
     offenders = {path: sorted(names & forbidden) for path, names in top_level_imports(folder).items()
                  if names & forbidden}
     assert offenders == {}
+
+
+def test_dvc_lock_is_read_as_yaml_1_2_like_dvc(tmp_path):
+    from lofiseg.dvc_cli import read_dvc_yaml
+
+    lock = tmp_path / "dvc.lock"
+    lock.write_text("stages:\n  s:\n    params:\n      params.yaml:\n        amp: off\n        flip: true\n")
+    assert read_dvc_yaml(lock)["stages"]["s"]["params"]["params.yaml"] == {"amp": "off", "flip": True}
