@@ -33,11 +33,11 @@ import numpy as np
 import torch
 import yaml
 
-from benchmarks.bench_semantic_levers import set_dotted
+from benchmarks.bench_semantic_levers import fraction_stats, set_dotted
 from benchmarks.bench_single_class import test_scores
 from benchmarks.bench_single_seeds import train_masks
 from lofiseg.atomic import atomic_write_json, atomic_write_text
-from lofiseg.config import parse_params
+from lofiseg.config import Params, parse_params
 from lofiseg.data.format import Dataset
 from lofiseg.viz.figures import markdown_table
 from stages import download, evaluate_semantic, pseudo_gt, pseudo_label, train_deeplab, train_single, web
@@ -137,17 +137,20 @@ def run_chain(work: Path, classes: list[str]) -> Timer:
     return timer
 
 
-def object_sizes(classes: list[str]) -> dict[str, dict[str, float]]:
-    """Per class: the reg and gt models' object fraction (p > 0.5) on the test photos vs the truth, and the reg
-    model's on its own training photos (no mask read: what a user could see without ground truth)."""
+def object_sizes(params: Params, classes: list[str]) -> dict[str, dict[str, float]]:
+    """Per class: the reg and gt models' object fraction (p > 0.5) on the test photos vs the truth; and, with no
+    mask read (what a user sees without ground truth), the reg model's on its own training photos and its
+    CRF-refined pseudo labels' (pseudo_label's output), against the truth of those photos."""
     data = Dataset(Path("data/web"))
+    pseudo = fraction_stats(params, data, Dataset(Path("data/pseudo_gt")))
     out = {}
     for cls in classes:
         reg = test_scores(Path(f"models/single/{cls}/reg"), data)
         gt = test_scores(Path(f"models/single/{cls}/gt"), data)
         train_fg = float(train_masks(Path(f"models/single/{cls}/reg"), data, cls).float().mean())
         out[cls] = {"reg_test": reg["fg_fraction"], "gt_model_test": gt["fg_fraction"],
-                    "true_test": reg["gt_fraction"], "reg_train": train_fg}
+                    "true_test": reg["gt_fraction"], "reg_train": train_fg,
+                    "pseudo_train": pseudo[cls]["pseudo_fg"], "true_train": pseudo[cls]["true_fg"]}
     return out
 
 
@@ -164,7 +167,7 @@ def report(args: argparse.Namespace, raw: dict, metrics: dict, sizes: dict, seco
         rows.append([cls, f3(entry["reg"] and entry["reg"]["fbeta"]), f3(entry["gt"] and entry["gt"]["fbeta"]),
                      f"{100 * entry['gap']:+.1f}" if entry["gap"] is not None else "n/a",
                      f"{size['reg_test']:.2f} / {size['gt_model_test']:.2f} / {size['true_test']:.2f}",
-                     f"{size['reg_train']:.2f}",
+                     f"{size['reg_train']:.2f} / {size['pseudo_train']:.2f} / {size['true_train']:.2f}",
                      f"{seconds.get(f'train_single@{cls}', 0):.0f} / {seconds.get(f'train_single_gt@{cls}', 0):.0f}"])
     gaps = [single[c]["gap"] for c in classes if single[c]["gap"] is not None]
     rows.append(["**mean**", f3(np.mean([single[c]["reg"]["fbeta"] for c in classes])),
@@ -179,7 +182,8 @@ def report(args: argparse.Namespace, raw: dict, metrics: dict, sizes: dict, seco
                                                           for c in ["background", *classes])])
     ts, td = raw["train_single"], raw["train_deeplab"]
     sizes_note = ("object fraction (p > 0.5) on the class's test photos: reg model / gt model / truth; "
-                  "reg on train: the reg model's on its own training photos (no mask read)")
+                  "on train: the reg model's / its CRF pseudo labels' on the class's training photos (neither "
+                  "reads a mask) / truth")
     command = (f"nice -n 10 .venv/bin/python -m benchmarks.bench_real_weak --data {args.data} --classes "
                f"{' '.join(classes)} --size {args.size} --epochs-scale {args.epochs_scale} --seed {args.seed}"
                + "".join(f" --set {s}" for s in args.set))
@@ -204,7 +208,7 @@ def report(args: argparse.Namespace, raw: dict, metrics: dict, sizes: dict, seco
         f"{seconds.get('train_single_init', 0):.0f} s).",
         "",
         markdown_table(["class", "reg F-beta", "gt F-beta", "gap (points)", "object fraction reg / gt / true",
-                        "reg on train", "seconds reg / gt"], rows),
+                        "on train: reg / pseudo / true", "seconds reg / gt"], rows),
         f"Pseudo labels on the training photos (train + val, over the pixels they label): mIoU {f3(pl.get('miou'))}, "
         f"labelled fraction {f3(pl.get('labelled_fraction'))}.",
         "",
@@ -259,7 +263,7 @@ def main() -> None:
         os.chdir(work)
         timer = run_chain(work, classes)
         metrics = json.loads(Path("metrics/semantic.json").read_text())
-        sizes = object_sizes(classes)
+        sizes = object_sizes(parse_params(raw), classes)
         atomic_write_json(work / "bench_real_weak.json", {"metrics": metrics, "sizes": sizes,
                                                            "seconds": timer.seconds})
         text = report(args, raw, metrics, sizes, timer.seconds, classes) + notes
