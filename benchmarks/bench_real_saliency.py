@@ -30,6 +30,11 @@ from benchmarks.bench_real_weak import Timer, deep_merge
 from benchmarks.bench_semantic_levers import set_dotted
 from lofiseg.atomic import atomic_write_text
 from lofiseg.config import parse_params, rate_key
+from lofiseg.data.format import Dataset
+from lofiseg.evaluate.scored_split import records_to_score
+from lofiseg.infer.predict import predict_native
+from lofiseg.metrics.saliency import SaliencyMeter
+from lofiseg.models.bundle import load_bundle
 from lofiseg.viz.figures import markdown_table
 from stages import download, evaluate_saliency, noise, train_saliency
 
@@ -83,6 +88,23 @@ def run_chain(work: Path, raw: dict) -> Timer:
                             "--checkpoints", f".checkpoints/train_saliency/{loss}/{r}"]))
     timer.step("evaluate_saliency", Path("metrics/saliency.json"), lambda: evaluate_saliency.main(p))
     return timer
+
+
+def add_s_measure(metrics: dict, split: str = "test") -> dict:
+    """evaluate_saliency's metrics with each model's S-measure on ``split`` added (the stage does not report it;
+    scored as :func:`lofiseg.evaluate.saliency.score_saliency` scores the rest)."""
+    dataset = Dataset(Path("data/raw") / SET)
+    records = records_to_score(dataset, split, SET)
+    for loss, by_rate in metrics.items():
+        for rate, by_set in by_rate.items():
+            model, info = load_bundle(Path(f"models/saliency/{loss}/{rate}/model.pt"))
+            meter = SaliencyMeter()
+            for record, probs in predict_native(model, dataset, records, info["image_size"], 32, desc="S-measure"):
+                gt = dataset.mask(record)
+                meter.update(probs[info["channel"]].clamp(0, 1).numpy(),
+                             np.where(gt == 255, 255, gt > 0).astype(np.uint8))
+            by_set[SET]["s_measure"] = float(meter.compute()["s_measure"])
+    return metrics
 
 
 def report(args: argparse.Namespace, raw: dict, runs: dict[int, dict], seconds: dict[int, dict]) -> str:
@@ -160,7 +182,7 @@ def main() -> None:
             atomic_write_text(params_file, yaml.safe_dump(raw, sort_keys=False))
             os.chdir(work)
             seconds[seed] = run_chain(work, raw).seconds
-            runs[seed] = json.loads(Path("metrics/saliency.json").read_text())
+            runs[seed] = add_s_measure(json.loads(Path("metrics/saliency.json").read_text()))
         text = report(args, raws[args.seeds[0]], runs, seconds) + notes
     atomic_write_text(out, text)
     print(text)
