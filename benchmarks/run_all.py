@@ -39,6 +39,10 @@ STUDIES = {
     "bench_real_regions": "needs --data (BSDS500, e.g. ../shared/data/bsds500); trains the four region methods",
     "bench_test_time": "reads models/deeplab and data/ (dvc repro), trains DeepLabs for more seeds; results end "
                        "with hand-written findings",
+    "bench_real_saliency": "needs --data (DAVIS-2016 of ../shared/data); 9 saliency models per seed, ~10 min "
+                           "each at full scale",
+    "bench_real_weak": "needs --data (MSRC-v2 of ../shared/data); the weak chain on real photos, ~10 min per "
+                       "model at full scale",
     "saliency_cas_investigation": "18 training runs on data/noisy/0.5 (dvc repro), about 20 min",
 }
 

@@ -24,9 +24,10 @@ from lofiseg.config import Params, load_params
 from lofiseg.data.decode_cache import cached_load_split
 from lofiseg.data.format import Dataset, DatasetFormatError, dataset_digest, sha256_file
 from lofiseg.data.labels import require_class_records
-from lofiseg.data.loading import TensorSplit, random_flip
+from lofiseg.data.loading import TensorSplit, random_flip, to_float
 from lofiseg.models.bundle import load_bundle
 from lofiseg.models.factory import SegmentationModel, build_model
+from lofiseg.train.batchnorm import recalibrate_batchnorm
 from lofiseg.train.loop import epoch_batches, epoch_generator, resolve_device, seed_everything
 from lofiseg.train.optim import build_optimizer
 from lofiseg.train.regularized_plan import (
@@ -51,8 +52,10 @@ def new_model(params: Params) -> SegmentationModel:
 
 def train(params: Params, args: Any, device: torch.device, name: str, model: SegmentationModel, step: Any,
           batches: Callable, epochs: int, evaluate: Callable | None, info: dict[str, Any], stamp: tuple,
-          inputs: list[str], example: torch.Tensor, curves: Sequence[str], files: dict | None = None) -> None:
-    """One tracked, resumable class model run (MLflow experiment ``<prefix>-single-class``) into ``--out``."""
+          inputs: list[str], example: torch.Tensor, curves: Sequence[str], files: dict | None = None,
+          calibration: TensorSplit | None = None) -> None:
+    """One tracked, resumable class model run (MLflow experiment ``<prefix>-single-class``) into ``--out``; with
+    ``recalibrate_bn`` the BatchNorm statistics are recomputed over ``calibration``'s images before saving."""
     cfg = params.train_single
     identity = RunIdentity(
         f"{params.tracking.experiment_prefix}-single-class", name, fingerprint=(cfg.model_dump(), params.seed, *stamp),
@@ -64,6 +67,9 @@ def train(params: Params, args: Any, device: torch.device, name: str, model: Seg
     with TrainingRun(identity, args.checkpoints / f"{name}.pt", tracking=params.tracking.enabled,
                      tracking_required=params.tracking.required) as training:
         history = training.fit(model, optimizer, step, batches, epochs, evaluate, device=device, **cfg.runner())
+        if cfg.recalibrate_bn and calibration is not None:
+            info = {**info, "bn_recalibrated": recalibrate_batchnorm(
+                model, to_float(calibration.images).to(device), cfg.batch_size, flip=cfg.flip)}
         info = {**info, "epochs": epochs,
                 "final_train_loss": history[-1]["train_loss"] if history else None}
         training.write_outputs(args.out, model.cpu().eval(), info, curves, f"train_single {name}", example=example,
@@ -89,7 +95,8 @@ def train_regularized(params: Params, args: Any, device: torch.device, name: str
     train(params, args, device, name, model, step,
           lambda epoch: plan.batches(epoch, epoch_generator(params.seed, epoch)), len(plan.plan),
           lambda epoch, metrics: {**step.epoch_metrics(epoch), **plan.epoch_info(epoch)}, info, stamp, inputs,
-          positives(size).images[:1], REG_CURVES, {"schedule.json": [p.as_dict() for p in plan.plan], **(files or {})})
+          positives(size).images[:1], REG_CURVES, {"schedule.json": [p.as_dict() for p in plan.plan], **(files or {})},
+          calibration=positives(size))
 
 
 def run_init(params: Params, args: Any, device: torch.device) -> None:
@@ -160,7 +167,8 @@ def run_gt(params: Params, args: Any, device: torch.device) -> None:
     batches = epoch_batches(split, cfg.batch_size, params.seed, [random_flip] if cfg.flip else [])
     info = {"class": cls, "supervision": "gt", "image_size": size, "channel": 1, "images": len(records)}
     train(params, args, device, f"{cls}-gt", new_model(params), build_step("ce"), batches, cfg.gt_epoch_count(),
-          None, info, ("gt", cls, size, dataset_digest(dataset.root)), [str(args.data)], split.images[:1], GT_CURVES)
+          None, info, ("gt", cls, size, dataset_digest(dataset.root)), [str(args.data)], split.images[:1], GT_CURVES,
+          calibration=split)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
