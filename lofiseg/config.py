@@ -470,7 +470,7 @@ class TrainSingleParams(RunnerParams):
     finetune: FinetuneParams = FinetuneParams()
     gt_epochs: PositiveInt | None = None  # the -gt baseline (CE on ground truth); null: gt_epoch_count()
     flip: bool = True
-    recalibrate_bn: bool = True  # BatchNorm statistics recomputed over the class's images after training
+    recalibrate_bn: bool = False  # recompute BatchNorm statistics over the class's images after training
     model: ModelParams = Field(default_factory=_single_class_model)
 
     def gt_epoch_count(self) -> int:

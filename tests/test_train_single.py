@@ -329,3 +329,18 @@ def test_negatives_are_the_other_classes_records(root):
     assert {t for r in class_records(dataset, "sun") for t in r.tags} == {"sun"}
     assert {t for r in negative_records(dataset, "sun") for t in r.tags} == {"leaf"}
     assert all(r.split == "train" for r in negative_records(dataset, "sun"))
+
+
+def test_recalibrate_bn_changes_only_the_batchnorm_statistics(root):
+    for switch in (False, True):
+        params = params_file(root, f"bn_{switch}", {"train_single": {"recalibrate_bn": switch}})
+        stage(root, params, "--class", "sun", "--gt", "--data", "web", "--out", f"sun_gt_bn_{switch}")
+    plain, plain_info = load_bundle(root / "sun_gt_bn_False" / "model.pt")
+    recalibrated, info = load_bundle(root / "sun_gt_bn_True" / "model.pt")
+    assert "bn_recalibrated" not in plain_info and info["bn_recalibrated"]
+    weights, stats = dict(plain.named_parameters()), dict(plain.named_buffers())
+    for name, value in recalibrated.named_parameters():  # the same training: the same weights
+        assert torch.equal(value, weights[name]), name
+    moved = [name for name, value in recalibrated.named_buffers()
+             if name.endswith("running_mean") and not torch.equal(value, stats[name])]
+    assert moved and not any(name.startswith("encoder.") for name in moved)  # decoder BN only; frozen encoder kept
