@@ -119,8 +119,9 @@ def run_streaming(cmd: str | Sequence[str], cwd: str | os.PathLike, env: dict[st
                   logger: logging.Logger | logging.LoggerAdapter, name: str | None = None,
                   progress_interval: float = PROGRESS_INTERVAL_S) -> Streamed:
     """Run ``cmd`` (a string runs in the shell) in ``cwd`` and log its stdout and stderr at INFO, line by line
-    as they arrive. Raises :class:`CommandFailed` (named ``name``, quoting the last lines) if it exits non-zero
-    or runs longer than ``timeout`` seconds (then its whole process group is killed)."""
+    as they arrive. Raises :class:`CommandFailed` (named ``name``, headed by the last stderr line, quoting the
+    last lines) if it exits non-zero or runs longer than ``timeout`` seconds (then its whole process group is
+    killed)."""
     label = name or (cmd if isinstance(cmd, str) else " ".join(cmd))
     proc = subprocess.Popen(cmd, shell=isinstance(cmd, str), cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0, start_new_session=True)
@@ -131,6 +132,7 @@ def run_streaming(cmd: str | Sequence[str], cwd: str | os.PathLike, env: dict[st
     decoders = {s: codecs.getincrementaldecoder("utf-8")(errors="replace") for s in ("stdout", "stderr")}
     stdout: list[str] = []
     tail: deque[str] = deque(maxlen=TAIL_LINES)
+    last_error = ""  # the last non-blank line on stderr
     deadline = time.monotonic() + timeout
     open_streams, exited_at, timed_out = 2, None, False
     try:
@@ -158,6 +160,8 @@ def run_streaming(cmd: str | Sequence[str], cwd: str | os.PathLike, env: dict[st
                 tail.append(line)
                 if stream_name == "stdout":
                     stdout.append(line)
+                elif line.strip():
+                    last_error = line  # the headline: the two pipes are read by two threads, in either order
         if not timed_out:
             try:  # the streams closed: the command is done, or has closed them and runs on
                 proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
@@ -170,6 +174,7 @@ def run_streaming(cmd: str | Sequence[str], cwd: str | os.PathLike, env: dict[st
         raise
     if timed_out or proc.returncode != 0:
         what = f"timed out after {timeout:g} s and was killed" if timed_out else f"failed (exit {proc.returncode})"
-        raise CommandFailed(f"{label} {what}: {tail[-1] if tail else 'no output'}\n"
+        headline = last_error or (tail[-1] if tail else "no output")
+        raise CommandFailed(f"{label} {what}: {headline}\n"
                             f"in {cwd}, the last lines of its output:\n" + "\n".join(tail))
     return Streamed("\n".join(stdout), tuple(tail))
