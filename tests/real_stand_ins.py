@@ -1,11 +1,14 @@
-"""A tiny stand-in of a local semantic set with its own class table (MSRC-v2's shape), built by the tests."""
+"""Tiny stand-ins of real data sets, built by the tests: a local semantic set with its own class table (MSRC-v2's
+shape), and BSDS500 ground-truth files."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from scipy.io import savemat
 
 CLASSES = ["void", "grass", "cow", "sheep", "sky"]  # mask ids 0..4; 0 is void (-> 255)
 # id -> (object tag, split, class id drawn as the object)
@@ -54,3 +57,13 @@ def msrc_like_entry(root: Path) -> dict:
             "masks": "masks/{stem}.png", "classes": CLASSES, "void_value": 0, "tags_file": "groups.csv",
             "tags_column": "object",
             "split_files": {s: f"splits/{s}.txt" for s in ("train", "val", "test")}}
+
+
+def bsds_mat(segmentations: list[np.ndarray]) -> bytes:
+    """A BSDS500 groundTruth .mat file: one cell per human segmentation (region ids; no boundaries drawn)."""
+    cells = np.empty((1, len(segmentations)), dtype=object)
+    for k, seg in enumerate(segmentations):
+        cells[0, k] = {"Segmentation": seg.astype(np.uint16), "Boundaries": np.zeros(seg.shape, dtype=bool)}
+    buf = io.BytesIO()
+    savemat(buf, {"groundTruth": cells})
+    return buf.getvalue()

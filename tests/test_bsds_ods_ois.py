@@ -4,14 +4,12 @@ Table 4), against values worked out by hand."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from scipy.io import savemat
 from torch import nn
 
 from lofiseg.config import DatasetSpec, DownloadParams
@@ -19,21 +17,13 @@ from lofiseg.data.format import Dataset
 from lofiseg.data.layouts import build_dataset
 from lofiseg.evaluate.regions import score_regions
 from lofiseg.infer.regions import RegionSettings, largest_regions_argmax, region_counts
+from tests.real_stand_ins import bsds_mat
 
 OPTIONS = DownloadParams(retries=1, backoff_seconds=0.0, timeout_seconds=5.0,
                          datasets={"x": {"source": "synthetic", "generator": "saliency"}})
 LEFT_RIGHT = np.repeat(np.repeat(np.array([[1, 2]]), 8, axis=0), 4, axis=1)  # 8 x 8: left / right halves
 TOP_BOTTOM = LEFT_RIGHT.T
 WHOLE = np.ones((8, 8), dtype=int)
-
-
-def bsds_mat(segmentations: list[np.ndarray]) -> bytes:
-    cells = np.empty((1, len(segmentations)), dtype=object)
-    for k, seg in enumerate(segmentations):
-        cells[0, k] = {"Segmentation": seg.astype(np.uint16), "Boundaries": np.zeros(seg.shape, dtype=bool)}
-    buf = io.BytesIO()
-    savemat(buf, {"groundTruth": cells})
-    return buf.getvalue()
 
 
 def bsds_folder(root: Path) -> Path:

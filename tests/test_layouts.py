@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from scipy.io import savemat
 
 from lofiseg.config import DatasetSpec, DownloadParams
 from lofiseg.data.format import Dataset, DatasetWriter, Sample, read_mask
 from lofiseg.data.layouts import LayoutError, build_dataset, carve_val, iter_layout
 from lofiseg.data.masks import voc_colormap
 from tests import servers
+from tests.real_stand_ins import bsds_mat
 from tests.servers import FileServer, put_s3_object
 
 # the servers' fixtures, used by name in the tests below
@@ -227,15 +227,6 @@ def test_pet_missing_trimap_names_image_and_expected_mask(tmp_path: Path) -> Non
 
 
 # --- bsds -------------------------------------------------------------------------------------------------
-
-def bsds_mat(segmentations: list[np.ndarray]) -> bytes:
-    cells = np.empty((1, len(segmentations)), dtype=object)
-    for k, seg in enumerate(segmentations):
-        cells[0, k] = {"Segmentation": seg.astype(np.uint16), "Boundaries": np.zeros(seg.shape, dtype=bool)}
-    buf = io.BytesIO()
-    savemat(buf, {"groundTruth": cells})
-    return buf.getvalue()
-
 
 def test_bsds_shape_from_tgz_with_alternative_masks(http_server: FileServer, tmp_path: Path) -> None:
     data = "BSR/BSDS500/data"
