@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import yaml
 
-from benchmarks.bench_real_weak import Timer, deep_merge
+from benchmarks.bench_real_weak import Timer, add_run_options, deep_merge
 from benchmarks.bench_semantic_levers import set_dotted
 from lofiseg.atomic import atomic_write_text
 from lofiseg.config import parse_params, rate_key
@@ -158,12 +158,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=96, help="train_saliency.image_size, px")
     parser.add_argument("--epochs-scale", type=float, default=1.0, help="train_saliency.epochs times this")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a dotted params override, value in YAML, e.g. train_saliency.alpha=0.2")
-    parser.add_argument("--keep", type=Path, help="work folder to keep (and reuse on a re-run); default: a temp one")
-    parser.add_argument("--title", default="", help="a label for the results file's heading")
-    parser.add_argument("--notes", type=Path, help="markdown appended to the result (hand-written findings)")
-    parser.add_argument("--out", type=Path, default=RESULT)
+    add_run_options(parser, "train_saliency.alpha=0.2", RESULT)
     args = parser.parse_args()
     if not (args.data / "splits" / "test.txt").is_file():
         parser.error(f"--data {args.data}: no splits/test.txt (expected the DAVIS-2016 folder of ../shared/data)")

@@ -232,6 +232,16 @@ def report(args: argparse.Namespace, raw: dict, metrics: dict, sizes: dict, seco
     return "\n".join(text)
 
 
+def add_run_options(parser: argparse.ArgumentParser, set_example: str, result: Path) -> None:
+    """The options every real-data benchmark takes: params overrides, work folder, heading, notes, output."""
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"a dotted params override, value in YAML, e.g. {set_example}")
+    parser.add_argument("--keep", type=Path, help="work folder to keep (and reuse on a re-run); default: a temp one")
+    parser.add_argument("--title", default="", help="a label for the results file's heading")
+    parser.add_argument("--notes", type=Path, help="markdown appended to the result (hand-written findings)")
+    parser.add_argument("--out", type=Path, default=result)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="the MSRC-v2 folder (images/, masks/, splits/)")
@@ -240,12 +250,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=96, help="train_single and train_deeplab image_size, px")
     parser.add_argument("--epochs-scale", type=float, default=1.0, help="every training epoch count times this")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a dotted params override, value in YAML, e.g. train_single.schedule.volumetric_target=0.3")
-    parser.add_argument("--keep", type=Path, help="work folder to keep (and reuse on a re-run); default: a temp one")
-    parser.add_argument("--title", default="", help="a label for the results file's heading")
-    parser.add_argument("--notes", type=Path, help="markdown appended to the result (hand-written findings)")
-    parser.add_argument("--out", type=Path, default=RESULT)
+    add_run_options(parser, "train_single.schedule.volumetric_target=0.3", RESULT)
     args = parser.parse_args()
     if not (args.data / "groups.csv").is_file():
         parser.error(f"--data {args.data}: no groups.csv (expected the MSRC-v2 folder of ../shared/data)")
